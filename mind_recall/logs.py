@@ -1,0 +1,16 @@
+"""Logging set-up shared by every entry point."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def setup(level: str | None = None) -> None:
+    logging.basicConfig(
+        level=(level or os.environ.get("MIND_RECALL_LOG", "INFO")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # kafka-python and pymilvus are chatty at INFO; their warnings still show.
+    for noisy in ("kafka", "pymilvus", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
