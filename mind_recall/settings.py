@@ -79,6 +79,7 @@ class Runner:
     print_interval: int = _positive(100)
     seed: int = 2026
     progress: bool = True
+    resume: bool = False  # continue from the latest checkpoint under model_save_path
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class Worker:
     nearline_min_interval_s: float = _non_negative(10.0)
     outage_limit_s: float = _positive(300.0)
     retry_backoff_s: float = _positive(0.5)
+    session_timeout_ms: int = _check(10000, lambda v: 6000 <= v <= 300000, "6000..300000 (broker group limits)")
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
@@ -35,6 +35,7 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "send_dead_letter",
+    "subscribe_with_listener",
 ]
 
 # A header value is bytes; keep each bounded so one bad record cannot bloat the DLQ.
@@ -124,6 +125,24 @@ def ensure_topics(
         admin.close()
 
 
+def subscribe_with_listener(
+    consumer: KafkaConsumer,
+    topics: Iterable[str],
+    on_assigned: Callable[[list[TopicPartition]], None],
+    on_revoked: Callable[[list[TopicPartition]], None],
+) -> None:
+    """Subscribe with rebalance callbacks (they run inside ``poll``; keep them short, no blocking IO)."""
+
+    class _Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            on_revoked(list(revoked))
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            on_assigned(list(assigned))
+
+    consumer.subscribe(list(topics), listener=_Listener())
+
+
 def commit_offsets(consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int]) -> None:
     """Commit the next offset to read per partition (synchronously: the caller's effect is already durable)."""
     if next_offsets:
@@ -169,3 +188,28 @@ class DeadLetter:
 def send_dead_letter(producer: KafkaProducer, dlq_topic: str, dead: DeadLetter) -> Any:
     """Queue one dead letter; the caller flushes before committing the source offset."""
     return producer.send(dlq_topic, key=dead.key, value=dead.value, headers=dead.headers())
+
+
+# -- helpers for the item path (worker/item_writer.py, worker/items.py) ------------------------
+def ensure_item_topic(settings: Settings) -> None:
+    """[item-embeddings] compacted (key = item id: the topic is the current catalogue) + the DLQ."""
+    t = settings.topics
+    ensure_topics(
+        settings, {t.item_embeddings: t.partitions, t.dlq: 1},
+        configs={t.item_embeddings: {"cleanup.policy": "compact"}},
+    )
+
+
+def assign_all(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> list[TopicPartition]:
+    """Manually assign every partition of ``topic`` (no consumer group): for followers of a topic."""
+    deadline = time.monotonic() + timeout_s
+    parts = consumer.partitions_for_topic(topic)
+    while not parts and time.monotonic() < deadline:
+        time.sleep(0.1)
+        parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        raise KafkaError(f"topic {topic} has no partitions after {timeout_s}s")
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    return tps
+

@@ -11,7 +11,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    start_http_server,
+)
 
 from mind_recall.settings import Settings
 
@@ -54,10 +62,12 @@ class Metrics:
             "recall_stage_seconds", "Time per micro-batch in each recall stage", ["stage"], namespace=ns,
             buckets=LATENCY_BUCKETS, registry=reg)
         self.recall_batch_size = Histogram(
-            "recall_batch_size", "Requests per micro-batch", namespace=ns, buckets=BATCH_BUCKETS, registry=reg)
+            "recall_batch_size", "Requests per micro-batch", namespace=ns, buckets=BATCH_BUCKETS,
+            registry=reg)
         self.recall_requests = Counter(
             "recall_requests_total", "Recall requests by outcome", ["outcome"], namespace=ns, registry=reg)
-        self.clicks = Counter("clicks_total", "Click events applied to user history", namespace=ns, registry=reg)
+        self.clicks = Counter(
+            "clicks_total", "Click events applied to user history", namespace=ns, registry=reg)
         # item path
         self.items_upserted = Counter(
             "items_upserted_total", "Item vectors acknowledged by Milvus", namespace=ns, registry=reg)
@@ -86,6 +96,15 @@ class Metrics:
             "consumer_lag", "Records behind the log end, summed over assigned partitions", ["topic"],
             namespace=ns, registry=reg)
         self.model_info = Info("model", "The model version being served", namespace=ns, registry=reg)
+        # process_cpu_seconds_total, process_resident_memory_bytes, ... (Linux /proc; no namespace, the
+        # standard names): memory per worker grows with the item cache, the dashboard shows it.
+        ProcessCollector(registry=reg)
+        # Known label values start at 0, so rate() reads 0 rather than "no data" before the first event
+        # (dashboards and the error-ratio alert see these series from the first scrape).
+        for outcome in OUTCOMES:
+            self.recall_requests.labels(outcome=outcome)
+        for op in MILVUS_OPS:
+            self.milvus_errors.labels(op=op)
 
     def dead_letter(self, topic_role: str, reason: str) -> None:
         """Count one dead letter; ``topic_role`` is clicks|item_embeddings|recall_requests (bounded)."""
@@ -100,7 +119,8 @@ def serve(metrics: Metrics, settings: Settings) -> int | None:
     """Expose /metrics on metrics.host:metrics.port (loopback by default); returns the bound port."""
     if not settings.metrics.enabled:
         return None
-    server, _thread = start_http_server(settings.metrics.port, addr=settings.metrics.host, registry=metrics.registry)
+    server, _thread = start_http_server(
+        settings.metrics.port, addr=settings.metrics.host, registry=metrics.registry)
     port = int(server.server_port)
     log.info("metrics on http://%s:%d/metrics", settings.metrics.host, port)
     return port

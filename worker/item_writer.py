@@ -1,0 +1,452 @@
+"""The item writer: [item-embeddings] -> Milvus, nothing lost, nothing stale.
+
+One consumer group (``worker.item_writer_group``). The loop reads like its steps:
+poll -> decode/validate -> batch -> write -> flush the DLQ producer -> commit.
+
+* A batch closes at ``worker.item_batch_max`` events or ``worker.item_batch_ms`` after its first.
+  Within a batch the last event per item wins (a delete included); each collection gets at most one
+  delete and one upsert call.
+* Offsets are committed only after Milvus acknowledged the batch and the DLQ producer flushed.
+* Milvus errors: back off (``worker.retry_backoff_s``, doubling, capped), pause the partitions but
+  keep polling (group membership), never commit; past ``worker.outage_limit_s`` exit with
+  EXIT_OUTAGE: nothing of the failed batch was committed, a restart re-reads it.
+* Rebalance: records of revoked partitions are dropped from the uncommitted batch (the new owner
+  re-reads them; upserts are idempotent).
+
+Routing (which collection a record goes to): an upsert goes to the collection of its
+``model_version`` if that collection exists (the live one or one being rolled out), else to the DLQ
+as ``wrong_model_version``. A delete (or tombstone) removes the item from every item collection:
+an item leaves the catalogue whatever the model. Bootstrap: when no item collection exists at all,
+the first upsert's version gets a collection (dim ``hyper_parameters.embedding_dim``) and the alias.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mind_recall.settings import Settings
+from worker import kafka_io
+from worker.items import ItemEvent, decode_item_event, now_ms, reason_code
+from worker.metrics import Metrics
+from worker.store import ItemStore, LiveCollection, SchemaMismatch, StoreError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_OUTAGE = 3
+DLQ_ROLE = "item_embeddings"
+
+
+class OutageLimit(RuntimeError):
+    """Milvus stayed unavailable longer than worker.outage_limit_s."""
+
+
+@dataclass
+class Pending:
+    """Records read but not yet committed, in read order."""
+
+    items: list[tuple[Any, ItemEvent | kafka_io.DeadLetter]] = field(default_factory=list)
+    started: float = 0.0  # monotonic time of the first record
+
+    def add(self, record: Any, decoded: ItemEvent | kafka_io.DeadLetter) -> None:
+        if not self.items:
+            self.started = time.monotonic()
+        self.items.append((record, decoded))
+
+    def drop(self, partitions: set[Any]) -> int:
+        """Forget the records of revoked partitions; returns how many."""
+        keep = [
+            (r, d) for r, d in self.items if kafka_io.TopicPartition(r.topic, r.partition) not in partitions
+        ]
+        dropped = len(self.items) - len(keep)
+        self.items = keep
+        return dropped
+
+    def next_offsets(self) -> dict[Any, int]:
+        out: dict[Any, int] = {}
+        for r, _ in self.items:
+            tp = kafka_io.TopicPartition(r.topic, r.partition)
+            out[tp] = max(out.get(tp, 0), r.offset + 1)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class Plan:
+    """What one batch does: deletes everywhere, then one upsert per collection, plus dead letters."""
+
+    deletes: list[int] = field(default_factory=list)
+    upserts: dict[str, list[ItemEvent]] = field(default_factory=dict)
+    dead: list[kafka_io.DeadLetter] = field(default_factory=list)
+    applied: list[ItemEvent] = field(default_factory=list)
+
+
+def plan_batch(pending: Pending, routes: dict[str, LiveCollection]) -> Plan:
+    """Validate against the collections and collapse to the last event per item (pure)."""
+    plan = Plan()
+    deleted: dict[int, ItemEvent] = {}
+    upserts: dict[int, dict[str, ItemEvent]] = {}
+    for record, ev in pending.items:
+        if isinstance(ev, kafka_io.DeadLetter):
+            plan.dead.append(ev)
+            continue
+        if ev.vector is None:
+            deleted[ev.item_id] = ev
+            upserts.pop(ev.item_id, None)  # an earlier upsert in this batch is superseded
+            continue
+        route = routes.get(ev.model_version)
+        if route is None:
+            known = ", ".join(sorted(routes)) or "none"
+            plan.dead.append(
+                kafka_io.DeadLetter.of(
+                    record,
+                    "ItemEventError",
+                    f"wrong_model_version: {ev.model_version!r} has no collection (known: {known})"[:500],
+                )
+            )
+            continue
+        if ev.vector.shape[0] != route.dim:
+            plan.dead.append(
+                kafka_io.DeadLetter.of(
+                    record,
+                    "ItemEventError",
+                    f"wrong_dim: {ev.vector.shape[0]} values, {route.collection} needs {route.dim}",
+                )
+            )
+            continue
+        upserts.setdefault(ev.item_id, {})[ev.model_version] = ev
+    plan.deletes = sorted(deleted)
+    plan.applied.extend(deleted.values())
+    for per_version in upserts.values():
+        for version, ev in per_version.items():
+            plan.upserts.setdefault(routes[version].collection, []).append(ev)
+            plan.applied.append(ev)
+    return plan
+
+
+class ItemWriter:
+    """Consumes [item-embeddings] in the writer group and applies it to Milvus."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        store: ItemStore | None = None,
+        on_ack: Callable[[list[ItemEvent], int], None] | None = None,
+    ) -> None:
+        self.s = settings
+        self.metrics = metrics or Metrics(namespace=settings.metrics.namespace)
+        self.store = store or ItemStore(settings.milvus, self.metrics)
+        self.on_ack = on_ack  # (applied events, ack epoch ms): the benchmark's freshness probe
+        self.stop_event = threading.Event()
+        self.routes: dict[str, LiveCollection] = {}
+        self.pending = Pending()
+        self.paused = False
+        self.committed = 0  # records committed (a progress figure for tests and logs)
+        self._consumer: Any = None
+        self._last_lag = 0.0
+        self._last_rows = 0.0
+        self._assigned_at = 0.0
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, idle_exit_s: float | None = None) -> int:
+        """Run until stopped (or idle for ``idle_exit_s``); returns the process exit code."""
+        s = self.s
+        kafka_io.ensure_item_topic(s)
+        consumer = kafka_io.make_consumer(
+            s,
+            None,
+            s.worker.item_writer_group,
+            max_poll_records=s.worker.item_batch_max,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+        )
+        self._consumer = consumer
+        kafka_io.subscribe_with_listener(
+            consumer, [s.topics.item_embeddings], self._on_assigned, self._on_revoked
+        )
+        producer = kafka_io.make_producer(s)
+        last_record = time.monotonic()
+        try:
+            self._startup_routes()
+            while not self.stop_event.is_set():
+                got = self._poll(consumer)  # poll + decode/validate + batch
+                if got:
+                    last_record = time.monotonic()
+                if self._batch_ready():
+                    self._flush(consumer, producer)  # write -> flush DLQ -> commit
+                elif idle_exit_s is not None and self._idle_for(last_record) > idle_exit_s:
+                    break
+                self._housekeeping(consumer)
+            if self.pending:
+                self._flush(consumer, producer)
+            return EXIT_OK
+        except OutageLimit as e:
+            log.error("%s; exiting without committing the pending batch (%d records)", e, len(self.pending))
+            return EXIT_OUTAGE
+        except SchemaMismatch as e:
+            log.error("%s", e)
+            return EXIT_CONFIG
+        finally:
+            producer.close(timeout=5)
+            consumer.close(autocommit=False)
+            self.store.close()
+
+    def _idle_for(self, last_record: float) -> float:
+        """Seconds without records while owning partitions (waiting for an assignment is not idle)."""
+        if self.pending or not self._consumer.assignment():
+            return 0.0
+        return time.monotonic() - max(last_record, self._assigned_at)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _poll(self, consumer: Any) -> int:
+        left_ms = self.s.worker.item_batch_ms
+        if self.pending:
+            left_ms = max(0.0, self.s.worker.item_batch_ms - (time.monotonic() - self.pending.started) * 1000)
+        room = self.s.worker.item_batch_max - len(self.pending)
+        polled = consumer.poll(timeout_ms=int(max(1.0, min(left_ms, 200.0))), max_records=max(1, room))
+        n = 0
+        limit = self.s.worker.max_record_bytes
+        for records in polled.values():
+            for r in records:
+                self.pending.add(r, decode_item_event(r, max_record_bytes=limit))
+                n += 1
+        return n
+
+    def _batch_ready(self) -> bool:
+        if not self.pending:
+            return False
+        if len(self.pending) >= self.s.worker.item_batch_max:
+            return True
+        return (time.monotonic() - self.pending.started) * 1000 >= self.s.worker.item_batch_ms
+
+    def _flush(self, consumer: Any, producer: Any) -> None:
+        """write (retrying through outages) -> flush DLQ -> commit."""
+        plan = self._write_with_retry(consumer)
+        if plan is None:  # everything was revoked meanwhile
+            return
+        for dead in plan.dead:
+            kafka_io.send_dead_letter(producer, self.s.topics.dlq, dead)
+            self.metrics.dead_letter(DLQ_ROLE, reason_code(dead))
+        if plan.dead:
+            producer.flush()
+        offsets = self.pending.next_offsets()
+        kafka_io.commit_offsets(consumer, offsets)
+        self.committed += len(self.pending)
+        self.pending = Pending()
+
+    # -- write with retry -------------------------------------------------------------------------
+    def _write_with_retry(self, consumer: Any) -> Plan | None:
+        w = self.s.worker
+        outage_start: float | None = None
+        attempt = 0
+        while True:
+            if not self.pending:
+                self._resume(consumer)
+                return None
+            try:
+                plan = self._write(self.pending)
+                if outage_start is not None:
+                    log.info(
+                        "milvus is back after %.1fs; %d records written",
+                        time.monotonic() - outage_start,
+                        len(self.pending),
+                    )
+                self._resume(consumer)
+                return plan
+            except SchemaMismatch:
+                raise
+            except StoreError as e:
+                self.routes = {}  # re-learn them when Milvus answers again (a collection may be gone)
+                now = time.monotonic()
+                if outage_start is None:
+                    outage_start = now
+                    log.warning("milvus unavailable, pausing partitions and retrying: %s", e)
+                down = now - outage_start
+                if down > w.outage_limit_s:
+                    raise OutageLimit(
+                        f"milvus unavailable for {down:.1f}s > worker.outage_limit_s={w.outage_limit_s}"
+                    ) from e
+                self._pause(consumer)
+                cap = max(w.retry_backoff_s, min(30.0, w.outage_limit_s / 4))
+                delay = min(w.retry_backoff_s * 2**attempt, cap, max(0.0, w.outage_limit_s - down) + 0.05)
+                attempt += 1
+                self._wait_polling(consumer, delay)
+
+    def _wait_polling(self, consumer: Any, delay_s: float) -> None:
+        """Sleep by polling the paused consumer: heartbeats and rebalances go on."""
+        end = time.monotonic() + delay_s
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            polled = consumer.poll(timeout_ms=int(min(left, 0.5) * 1000) + 1)
+            for records in polled.values():  # only from partitions assigned since the pause
+                for r in records:
+                    self.pending.add(r, decode_item_event(r, max_record_bytes=self.s.worker.max_record_bytes))
+
+    def _write(self, pending: Pending) -> Plan:
+        """Resolve routes, then deletes and upserts; raises StoreError (nothing is half-committed)."""
+        needs = {
+            ev.model_version
+            for _, ev in pending.items
+            if isinstance(ev, ItemEvent) and ev.vector is not None and ev.model_version not in self.routes
+        }
+        if needs or not self.routes:
+            self._refresh_routes(min(needs) if needs else None)
+        plan = plan_batch(pending, self.routes)
+        t_write = time.perf_counter()
+        if plan.deletes:
+            ids = np.asarray(plan.deletes, np.int64)
+            for route in self.routes.values():
+                self.store.delete(route.collection, ids)
+        for collection, events in plan.upserts.items():
+            self.store.upsert(
+                collection,
+                np.fromiter((e.item_id for e in events), np.int64, len(events)),
+                np.stack([e.vector for e in events]),  # type: ignore[misc]
+                np.fromiter((e.ts for e in events), np.int64, len(events)),
+            )
+        ack = now_ms()
+        m = self.metrics
+        n_up = sum(len(v) for v in plan.upserts.values())
+        m.items_upserted.inc(n_up)
+        m.items_deleted.inc(len(plan.deletes))
+        m.item_batch_size.observe(len(pending))
+        for ev in plan.applied:
+            if ev.ts > 0:
+                m.item_freshness.observe(max(0.0, (ack - ev.ts) / 1000.0))
+        if self.on_ack is not None:
+            self.on_ack(plan.applied, ack)
+        log.debug(
+            "batch: %d records, %d upserts, %d deletes, %d dead, %.1f ms",
+            len(pending),
+            n_up,
+            len(plan.deletes),
+            len(plan.dead),
+            (time.perf_counter() - t_write) * 1000,
+        )
+        return plan
+
+    # -- routes (model_version -> collection) ----------------------------------------------------
+    def _startup_routes(self) -> None:
+        """Learn the collections at start; a dim/metric conflict is a startup error, an outage is not."""
+        try:
+            self.routes = self.store.versions()
+            log.info("item collections: %s", {v: r.collection for v, r in self.routes.items()} or "none yet")
+        except SchemaMismatch:
+            raise
+        except StoreError as e:
+            log.warning("milvus not reachable at start (will retry per batch): %s", e)
+
+    def _refresh_routes(self, first_unknown: str | None) -> None:
+        self.routes = self.store.versions()
+        if (
+            not self.routes and first_unknown is not None
+        ):  # bootstrap: the very first collection, and the alias
+            dim = self.s.hyper_parameters.embedding_dim
+            name = self.store.ensure_collection(first_unknown, dim)
+            self.store.set_alias(name)
+            log.info("bootstrapped collection %s for model_version %s (dim %d)", name, first_unknown, dim)
+            self.routes = self.store.versions()
+
+    # -- partitions -------------------------------------------------------------------------------
+    def _on_assigned(self, assigned: list[Any]) -> None:
+        log.info("item writer assigned %d partitions", len(assigned))
+        self._assigned_at = time.monotonic()
+        if self.paused and assigned:
+            self._consumer.pause(*assigned)
+
+    def _on_revoked(self, revoked: list[Any]) -> None:
+        dropped = self.pending.drop(set(revoked))
+        if dropped:
+            log.info(
+                "rebalance: dropped %d uncommitted records of revoked partitions (re-read by the new owner)",
+                dropped,
+            )
+
+    def _pause(self, consumer: Any) -> None:
+        if not self.paused:
+            consumer.pause(*consumer.assignment())
+            self.paused = True
+
+    def _resume(self, consumer: Any) -> None:
+        if self.paused:
+            consumer.resume(*consumer.paused())
+            self.paused = False
+
+    def _housekeeping(self, consumer: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_lag >= 5.0:
+            self._last_lag = now
+            try:
+                parts = list(consumer.assignment())
+                if parts:
+                    end = consumer.end_offsets(parts)
+                    lag = sum(max(0, end[tp] - consumer.position(tp)) for tp in parts)
+                    self.metrics.consumer_lag.labels(topic=DLQ_ROLE).set(lag + len(self.pending))
+            except kafka_io.KafkaError as e:
+                log.debug("lag not measured: %s", e)
+        if now - self._last_rows >= 10.0 and not self.pending:
+            self._last_rows = now
+            try:
+                self.routes = self.store.versions()  # sees collections a rollout created
+                if self.store.live() is not None:
+                    self.store.count()  # sets milvus_rows
+            except StoreError:
+                pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m worker.item_writer [-m CFG] [-o k=v ...]``: the same as ``mind-recall items write``."""
+    from mind_recall import logs
+    from mind_recall.settings import ConfigError, load
+    from worker.metrics import serve
+
+    p = argparse.ArgumentParser(prog="python -m worker.item_writer", description=__doc__.splitlines()[0])
+    p.add_argument("-m", "--config", metavar="FILE")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--idle-exit-s", type=float, default=None, help="exit 0 after this long without records")
+    args = p.parse_args(argv)
+    logs.setup(None)
+    try:
+        settings = load(args.config, overrides=args.override)
+    except ConfigError as e:
+        print(f"item_writer: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    return run_writer(settings, idle_exit_s=args.idle_exit_s, serve_metrics=serve)
+
+
+def run_writer(settings: Settings, idle_exit_s: float | None = None, serve_metrics: Any = None) -> int:
+    metrics = Metrics(namespace=settings.metrics.namespace)
+    if serve_metrics is not None:
+        serve_metrics(metrics, settings)
+    writer = ItemWriter(settings, metrics)
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: finishing the current batch", signum)
+        writer.stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    return writer.run(idle_exit_s=idle_exit_s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,468 @@
+"""Item events (the [item-embeddings] codec) and the live item-vector cache every worker keeps.
+
+Record value (UTF-8 JSON), key = the item id as a decimal string:
+  upsert  {"item_id": int, "vector": [float]*dim, "model_version": str, "ts": epoch_ms}
+          or the same with "vector_b64": base64 of little-endian float32 (about 3x smaller, faster to parse)
+  delete  {"item_id": int, "op": "delete", "ts": epoch_ms, ...}, or a null value (tombstone: id from the key)
+Errors are values: :func:`decode_item_event` returns a ``DeadLetter`` with a bounded reason code
+(worker.metrics.DLQ_REASONS) followed by ": detail".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.kafka_io import DeadLetter
+
+log = logging.getLogger(__name__)
+
+INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class ItemEvent:
+    item_id: int
+    vector: np.ndarray | None  # None = delete
+    model_version: str
+    ts: int
+
+    @property
+    def is_delete(self) -> bool:
+        return self.vector is None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# -- encoding (producers, tests, bench) ---------------------------------------------------------
+def encode_item_event(
+    item_id: int, vector: np.ndarray | None, model_version: str, ts: int, *, binary: bool = False
+) -> tuple[bytes, bytes | None]:
+    """(key, value) for one event; ``vector=None`` encodes a delete (an explicit op, not a tombstone)."""
+    key = str(int(item_id)).encode()
+    if vector is None:
+        body: dict[str, Any] = {
+            "item_id": int(item_id),
+            "op": "delete",
+            "model_version": model_version,
+            "ts": ts,
+        }
+    elif binary:
+        raw = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+        body = {
+            "item_id": int(item_id),
+            "vector_b64": base64.b64encode(raw).decode("ascii"),
+            "model_version": model_version,
+            "ts": ts,
+        }
+    else:
+        body = {
+            "item_id": int(item_id),
+            "vector": np.asarray(vector, dtype=np.float32).tolist(),
+            "model_version": model_version,
+            "ts": ts,
+        }
+    return key, json.dumps(body, separators=(",", ":")).encode()
+
+
+# -- decoding -----------------------------------------------------------------------------------
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def _int_id(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Reject("wrong_type", f"{what} must be an integer, got {type(value).__name__}")
+    if not 0 <= value <= INT64_MAX:
+        raise _Reject("bad_id", f"{what} {value} is not a non-negative int64")
+    return value
+
+
+def _key_id(key: bytes | None) -> int:
+    try:
+        text = (key or b"").decode("ascii")
+        if not text.isdigit():
+            raise ValueError
+        return _int_id(int(text), "item id from the key")
+    except (UnicodeDecodeError, ValueError):
+        raise _Reject("bad_id", f"tombstone key {key!r} is not a non-negative integer") from None
+
+
+def _vector(body: dict[str, Any], dim: int | None) -> np.ndarray:
+    if "vector_b64" in body:
+        b64 = body["vector_b64"]
+        if not isinstance(b64, str):
+            raise _Reject("wrong_type", f"vector_b64 must be a string, got {type(b64).__name__}")
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise _Reject("wrong_type", "vector_b64 is not valid base64") from None
+        if len(raw) % 4:
+            raise _Reject("wrong_dim", f"vector_b64 holds {len(raw)} bytes, not a whole number of float32")
+        vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    elif "vector" in body:
+        values = body["vector"]
+        if not isinstance(values, list) or not values:
+            raise _Reject("wrong_type", "vector must be a non-empty list of numbers")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise _Reject("wrong_type", "vector must hold only numbers")
+        if not all(math.isfinite(v) for v in values):  # before float32: 1e39 would become inf
+            raise _Reject("not_finite", "vector holds NaN or infinity")
+        with np.errstate(over="ignore"):  # 1e39 overflows float32 to inf: caught just below
+            vec = np.asarray(values, dtype=np.float64).astype(np.float32)
+    else:
+        raise _Reject("missing_field", "vector (or vector_b64) is missing")
+    if dim is not None and vec.shape[0] != dim:
+        raise _Reject("wrong_dim", f"vector has {vec.shape[0]} values, the collection needs {dim}")
+    if not np.isfinite(vec).all():
+        raise _Reject("not_finite", "vector holds NaN or infinity (or overflows float32)")
+    return vec
+
+
+def _decode(record: Any, dim: int | None, max_record_bytes: int | None) -> ItemEvent:
+    value: bytes | None = record.value
+    if value is None:  # a tombstone
+        return ItemEvent(_key_id(record.key), None, "", int(getattr(record, "timestamp", 0) or 0))
+    if max_record_bytes is not None and len(value) > max_record_bytes:
+        raise _Reject("oversized", f"{len(value)} bytes > worker.max_record_bytes={max_record_bytes}")
+    try:
+        # NaN/Infinity literals are not JSON: refuse them here as not_finite, with a clear reason.
+        body = json.loads(
+            value, parse_constant=lambda c: (_ for _ in ()).throw(_Reject("not_finite", f"{c} in JSON"))
+        )
+    except _Reject:
+        raise
+    except (UnicodeDecodeError, ValueError) as e:
+        raise _Reject("not_json", str(e)[:200]) from None
+    if not isinstance(body, dict):
+        raise _Reject("wrong_type", f"value must be a JSON object, got {type(body).__name__}")
+    if "item_id" not in body:
+        raise _Reject("missing_field", "item_id is missing")
+    item_id = _int_id(body["item_id"], "item_id")
+    ts = body.get("ts", getattr(record, "timestamp", 0) or 0)
+    if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+        raise _Reject("wrong_type", "ts must be a non-negative integer (epoch ms)")
+    version = body.get("model_version", "")
+    op = body.get("op", "upsert")
+    if op == "delete":
+        if not isinstance(version, str):
+            raise _Reject("wrong_type", "model_version must be a string")
+        return ItemEvent(item_id, None, version, ts)
+    if op != "upsert":
+        raise _Reject("wrong_type", f"op must be 'upsert' or 'delete', got {op!r}"[:200])
+    if "model_version" not in body:
+        raise _Reject("missing_field", "model_version is missing")
+    if not isinstance(version, str) or not version:
+        raise _Reject("wrong_type", "model_version must be a non-empty string")
+    if "ts" not in body:
+        raise _Reject("missing_field", "ts is missing")
+    return ItemEvent(item_id, _vector(body, dim), version, ts)
+
+
+def decode_item_event(
+    record: Any, *, dim: int | None = None, max_record_bytes: int | None = None
+) -> ItemEvent | DeadLetter:
+    """Decode and validate one [item-embeddings] record; a bad one becomes a DeadLetter (never raises).
+
+    ``dim`` checks the vector length when the target collection is known; the writer checks the
+    model version against its collections (reason ``wrong_model_version``).
+    """
+    try:
+        return _decode(record, dim, max_record_bytes)
+    except _Reject as e:
+        return DeadLetter.of(record, "ItemEventError", str(e))
+    except Exception as e:
+        return DeadLetter.of(record, type(e).__name__, f"other: {e}"[:500])
+
+
+def reason_code(dead: DeadLetter) -> str:
+    """The bounded reason code at the start of a dead letter's reason."""
+    return dead.reason.split(":", 1)[0]
+
+
+# -- the live cache -----------------------------------------------------------------------------
+class ItemCache:
+    """Thread-safe item_id -> vector map for all items of one model version.
+
+    Ids index a direct-address slot table (dense catalogues: 4 bytes per id up to the largest id);
+    ids past ``_DIRECT_MAX`` go to a dict. Vectors live in one growable float32 matrix; a deleted
+    item's slot is freed and reused. Last write wins by event ts, deletes included (a replayed older
+    upsert never resurrects a newer delete).
+    """
+
+    _DIRECT_MAX = 1 << 26  # 64M ids -> 256 MB slot table at most
+
+    def __init__(self, model_version: str, dim: int, capacity: int = 1024) -> None:
+        self.model_version = model_version
+        self.dim = dim
+        self._lock = threading.RLock()
+        self._vecs = np.zeros((max(capacity, 16), dim), np.float32)
+        self._ts = np.zeros(len(self._vecs), np.int64)
+        self._slot = np.full(1024, -1, np.int32)  # direct table; -1 = absent
+        self._far: dict[int, int] = {}  # ids >= _DIRECT_MAX
+        self._free: list[int] = []
+        self._used = 0  # high-water mark of slots
+        self._n = 0
+        self._deleted_ts: dict[int, int] = {}  # ts of the last delete per id (for ordering only)
+
+    def __len__(self) -> int:
+        return self._n
+
+    # slot table -------------------------------------------------------------------------------
+    def _get_slot(self, item_id: int) -> int:
+        if item_id < self._DIRECT_MAX:
+            return int(self._slot[item_id]) if item_id < len(self._slot) else -1
+        return self._far.get(item_id, -1)
+
+    def _set_slot(self, item_id: int, slot: int) -> None:
+        if item_id < self._DIRECT_MAX:
+            if item_id >= len(self._slot):
+                grown = np.full(max(item_id + 1, 2 * len(self._slot)), -1, np.int32)
+                grown[: len(self._slot)] = self._slot
+                self._slot = grown
+            self._slot[item_id] = slot
+        elif slot < 0:
+            self._far.pop(item_id, None)
+        else:
+            self._far[item_id] = slot
+
+    def _new_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._used == len(self._vecs):
+            n = 2 * len(self._vecs)
+            vecs = np.zeros((n, self.dim), np.float32)
+            vecs[: self._used] = self._vecs[: self._used]
+            ts = np.zeros(n, np.int64)
+            ts[: self._used] = self._ts[: self._used]
+            self._vecs, self._ts = vecs, ts
+        self._used += 1
+        return self._used - 1
+
+    # writes -----------------------------------------------------------------------------------
+    def load(self, ids: np.ndarray, vectors: np.ndarray, ts: np.ndarray | int = 0) -> None:
+        """Bulk load (start-up); same last-write-wins rule as :meth:`apply`."""
+        ids = np.asarray(ids, np.int64)
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.shape != (len(ids), self.dim):
+            raise ValueError(f"load: vectors {vectors.shape} do not match {len(ids)} ids x dim {self.dim}")
+        ts_arr = np.broadcast_to(np.asarray(ts, np.int64), ids.shape)
+        with self._lock:
+            need = self._used + len(ids)
+            if need > len(self._vecs):
+                vecs = np.zeros((need, self.dim), np.float32)
+                vecs[: self._used] = self._vecs[: self._used]
+                t = np.zeros(need, np.int64)
+                t[: self._used] = self._ts[: self._used]
+                self._vecs, self._ts = vecs, t
+            for i, item_id in enumerate(ids.tolist()):
+                self._put(item_id, vectors[i], int(ts_arr[i]))
+
+    def _put(self, item_id: int, vector: np.ndarray, ts: int) -> bool:
+        if ts < self._deleted_ts.get(item_id, -1):
+            return False
+        slot = self._get_slot(item_id)
+        if slot < 0:
+            slot = self._new_slot()
+            self._set_slot(item_id, slot)
+            self._n += 1
+        elif ts < self._ts[slot]:
+            return False
+        self._vecs[slot] = vector
+        self._ts[slot] = ts
+        self._deleted_ts.pop(item_id, None)
+        return True
+
+    def _remove(self, item_id: int, ts: int) -> bool:
+        slot = self._get_slot(item_id)
+        if slot >= 0:
+            if ts < self._ts[slot]:
+                return False
+            self._set_slot(item_id, -1)
+            self._free.append(slot)
+            self._n -= 1
+        self._deleted_ts[item_id] = max(ts, self._deleted_ts.get(item_id, ts))
+        return True
+
+    def apply(self, event: ItemEvent) -> bool:
+        """Apply an event of this cache's version (deletes of any version); True if state changed."""
+        with self._lock:
+            if event.vector is None:
+                return self._remove(event.item_id, event.ts)
+            if event.model_version != self.model_version or event.vector.shape != (self.dim,):
+                return False
+            return self._put(event.item_id, event.vector, event.ts)
+
+    # reads ------------------------------------------------------------------------------------
+    def _slots(self, ids: np.ndarray) -> np.ndarray:
+        flat = np.asarray(ids, np.int64).ravel()
+        slots = np.full(flat.shape, -1, np.int64)
+        table = self._slot
+        direct = (flat >= 0) & (flat < len(table))
+        slots[direct] = table[flat[direct]]
+        if self._far:
+            for i in np.nonzero(flat >= self._DIRECT_MAX)[0].tolist():
+                slots[i] = self._far.get(int(flat[i]), -1)
+        return slots
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (..., D) with zeros where missing, found mask (...)) for ids of any shape."""
+        ids = np.asarray(ids, np.int64)
+        with self._lock:
+            slots = self._slots(ids)
+            found = slots >= 0
+            out = np.zeros((slots.size, self.dim), np.float32)
+            out[found] = self._vecs[slots[found]]
+        return out.reshape(*ids.shape, self.dim), found.reshape(ids.shape)
+
+    def is_live(self, ids: np.ndarray) -> np.ndarray:
+        """False for deleted or never-seen ids: the read path drops such hits."""
+        ids = np.asarray(ids, np.int64)
+        with self._lock:
+            return (self._slots(ids) >= 0).reshape(ids.shape)
+
+    def nbytes(self) -> int:
+        """Memory held by the cache's arrays (vectors, ts, slot table), without the dicts."""
+        return int(self._vecs.nbytes + self._ts.nbytes + self._slot.nbytes)
+
+
+def load_export(export_dir: str | Path) -> tuple[str, int, np.ndarray, np.ndarray, int]:
+    """(model_version, dim, ids, vectors, created_ms) from an export dir (manifest.json + items.npz)."""
+    d = Path(export_dir)
+    manifest_path = d / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: no export manifest (run `mind-recall export --out {d}`)")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    try:
+        from model.tower import load_items  # the model package's reader, when it exists
+
+        ids, vecs = load_items(str(d))
+    except ImportError:
+        with np.load(d / "items.npz") as z:
+            ids, vecs = z["ids"], z["vectors"]
+    ids = np.asarray(ids, np.int64)
+    vecs = np.asarray(vecs, np.float32)
+    dim = int(manifest.get("dim", vecs.shape[1]))
+    if vecs.ndim != 2 or vecs.shape != (len(ids), dim):
+        raise ValueError(f"{d}/items.npz: vectors {vecs.shape} do not match {len(ids)} ids x dim {dim}")
+    created = manifest.get("created_ts", 0)
+    created_ms = int(created * 1000) if isinstance(created, float) or created < 10**11 else int(created)
+    return str(manifest["model_version"]), dim, ids, vecs, created_ms
+
+
+class ItemFollower:
+    """Keeps an ItemCache live from [item-embeddings]: every partition assigned manually, no group.
+
+    It reads the topic from the beginning (the topic is compacted, so that is the current catalogue)
+    and applies events by ts; ``caught_up`` is set once it reached the end offsets seen at start.
+    """
+
+    def __init__(self, settings: Any, cache: ItemCache, metrics: Any = None) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.metrics = metrics
+        self.caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="item-follower", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> ItemFollower:
+        self._thread.start()
+        return self
+
+    def wait_caught_up(self, timeout_s: float | None = None) -> bool:
+        return self.caught_up.wait(timeout_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from worker import kafka_io
+
+        s = self.settings
+        topic = s.topics.item_embeddings
+        try:
+            kafka_io.ensure_item_topic(s)
+            consumer = kafka_io.make_consumer(s, None, None)
+        except Exception as e:
+            self.error = e
+            log.error("item follower cannot start: %s", e)
+            return
+        try:
+            parts = kafka_io.assign_all(consumer, topic)
+            consumer.seek_to_beginning(*parts)
+            end = consumer.end_offsets(parts)
+            while not self._stop.is_set():
+                for records in consumer.poll(timeout_ms=200, max_records=5000).values():
+                    for r in records:
+                        ev = decode_item_event(
+                            r, dim=self.cache.dim, max_record_bytes=s.worker.max_record_bytes
+                        )
+                        if isinstance(ev, ItemEvent):
+                            self.cache.apply(ev)
+                if not self.caught_up.is_set() and all(consumer.position(tp) >= end[tp] for tp in parts):
+                    self.caught_up.set()
+                    log.info("item cache caught up: %d items", len(self.cache))
+                if self.metrics is not None:
+                    self.metrics.item_cache_items.set(len(self.cache))
+        except Exception as e:
+            self.error = e
+            log.exception("item follower stopped")
+        finally:
+            consumer.close()
+
+
+def start_item_cache(
+    settings: Any, export_dir: str | Path | None, metrics: Any = None, wait_s: float | None = 60.0
+) -> tuple[ItemCache, ItemFollower]:
+    """Load the cache (export dir, else the live Milvus collection) and start its follower.
+
+    Blocks until the follower caught up with the topic (at most ``wait_s``).
+    """
+    if export_dir is not None:
+        version, dim, ids, vecs, created_ms = load_export(export_dir)
+        cache = ItemCache(version, dim, capacity=len(ids) + 1024)
+        cache.load(ids, vecs, created_ms)
+    else:
+        from worker.store import ItemStore
+
+        store = ItemStore(settings.milvus, metrics)
+        try:
+            live = store.live()
+            if live is None:
+                raise RuntimeError(
+                    f"no live item collection (alias {settings.milvus.alias}) and no export dir"
+                )
+            cache = ItemCache(
+                live.model_version, live.dim, capacity=max(store.count(live.collection), 1) + 1024
+            )
+            for ids, vecs, ts in store.iter_all(live.collection):
+                cache.load(ids, vecs, ts)
+        finally:
+            store.close()
+    log.info(
+        "item cache: %d items of model_version %s (dim %d, %.1f MB)",
+        len(cache),
+        cache.model_version,
+        cache.dim,
+        cache.nbytes() / 1e6,
+    )
+    follower = ItemFollower(settings, cache, metrics).start()
+    if wait_s and not follower.wait_caught_up(wait_s):
+        log.warning("item cache not caught up after %.0fs; serving and catching up", wait_s)
+    return cache, follower

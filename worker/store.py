@@ -1,0 +1,400 @@
+"""Item-vector store on Milvus: the only module that imports pymilvus.
+
+One collection per model version (``milvus.collection_prefix`` + sanitized version) and an alias
+(``milvus.alias``) naming the live one, so a rollout fills a new collection and switches the alias
+atomically. The model version is kept in the collection's properties, so ``live()`` can name it.
+
+Every failed call raises :class:`StoreError` and drops the client: the next call reconnects (a
+restarted server needs a new connection and a fresh ``load_collection``). Callers own the retry
+policy (the item writer backs off and pauses its partitions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+
+from mind_recall.settings import Milvus
+from worker.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+ID_FIELD = "item_id"
+VECTOR_FIELD = "embedding"
+TS_FIELD = "updated_ts"
+VERSION_PROPERTY = "mind_recall.model_version"
+METRIC = "IP"
+# Milvus caps one request at 64 MiB by default: stay far below for any dim.
+_MAX_ROWS_PER_CALL = 10_000
+
+T = TypeVar("T")
+
+
+class StoreError(RuntimeError):
+    """Milvus unavailable or a call failed; callers retry with backoff."""
+
+
+class SchemaMismatch(StoreError):
+    """An existing collection has another dim or metric: a startup error, not a retry."""
+
+
+class LiveCollection(NamedTuple):
+    collection: str
+    model_version: str
+    dim: int
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
+class ItemStore:
+    """Thin, typed wrapper over ``pymilvus.MilvusClient`` for item vectors (thread-safe)."""
+
+    def __init__(self, cfg: Milvus, metrics: Metrics | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self._lock = threading.RLock()
+        self._client: Any = None
+        self._loaded: set[str] = set()
+        self._dims: dict[str, int] = {}
+
+    # -- connection -------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        from pymilvus import MilvusClient
+
+        uri = self.cfg.uri
+        if not _is_remote(uri):
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            return MilvusClient(uri, timeout=self.cfg.timeout_s)
+        return MilvusClient(uri=uri, token=self.cfg.token or "", timeout=self.cfg.timeout_s)
+
+    def _reset(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+            self._loaded.clear()
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing a broken client may fail too
+                client.close()
+
+    @contextmanager
+    def _timed(self, op: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.metrics is not None and op:
+                self.metrics.milvus_seconds.labels(op=op).observe(time.perf_counter() - t0)
+
+    def _call(self, op: str, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(client)``; any failure becomes StoreError and drops the connection."""
+        try:
+            with self._timed(op):
+                with self._lock:
+                    if self._client is None:
+                        self._client = self._connect()
+                    client = self._client
+                return fn(client)
+        except StoreError:
+            raise
+        except Exception as e:
+            if self.metrics is not None and op:
+                self.metrics.milvus_errors.labels(op=op).inc()
+            self._reset()
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise StoreError(f"milvus {op or 'call'} failed ({self._where()}): {msg}") from e
+
+    def _where(self) -> str:
+        return self.cfg.uri if not _is_remote(self.cfg.uri) else self.cfg.uri.split("@")[-1]
+
+    def _ensure_loaded(self, client: Any, collection: str) -> None:
+        if collection not in self._loaded:
+            client.load_collection(collection)
+            self._loaded.add(collection)
+
+    # -- collections ------------------------------------------------------------------------
+    def collection_name(self, model_version: str) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_]", "_", model_version)
+        name = self.cfg.collection_prefix + safe
+        if not re.match(r"[A-Za-z_]", name):
+            name = "_" + name
+        return name[:255]
+
+    def ensure_collection(self, model_version: str, dim: int) -> str:
+        """Create the version's collection if missing, check dim and metric, load it."""
+        if not model_version:
+            raise ValueError("model_version must be a non-empty string")
+        if dim <= 0:
+            raise ValueError(f"dim must be > 0, got {dim}")
+        name = self.collection_name(model_version)
+
+        def run(client: Any) -> str:
+            from pymilvus import DataType, MilvusClient
+
+            if client.has_collection(name):
+                self._check_schema(client, name, model_version, dim)
+            else:
+                schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+                schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
+                schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+                schema.add_field(TS_FIELD, DataType.INT64)
+                index = client.prepare_index_params()
+                index.add_index(
+                    field_name=VECTOR_FIELD,
+                    index_type=self.cfg.index_type,
+                    metric_type=METRIC,
+                    params=dict(self.cfg.index_params),
+                )
+                client.create_collection(
+                    name,
+                    schema=schema,
+                    index_params=index,
+                    consistency_level=self.cfg.consistency_level,
+                    properties={VERSION_PROPERTY: model_version},
+                )
+                log.info(
+                    "created collection %s (model_version=%s, dim=%d, index=%s)",
+                    name,
+                    model_version,
+                    dim,
+                    self.cfg.index_type,
+                )
+            self._ensure_loaded(client, name)
+            self._dims[name] = dim
+            return name
+
+        return self._call("", run)
+
+    def _check_schema(self, client: Any, name: str, model_version: str, dim: int) -> None:
+        have_dim, have_version = self._describe(client, name)
+        if have_dim != dim:
+            raise SchemaMismatch(
+                f"collection {name} exists with dim {have_dim}, "
+                f"model_version {model_version!r} needs dim {dim}: "
+                f"drop it (mind-recall items drop --model-version {model_version}) or use another version"
+            )
+        if have_version and have_version != model_version:
+            raise SchemaMismatch(
+                f"collection {name} holds model_version {have_version!r}, not {model_version!r}"
+            )
+        for idx in client.list_indexes(name):
+            metric = client.describe_index(name, idx).get("metric_type")
+            if metric and metric != METRIC:
+                raise SchemaMismatch(f"collection {name} uses metric {metric}, the model scores by {METRIC}")
+
+    @staticmethod
+    def _describe(client: Any, name: str) -> tuple[int, str]:
+        desc = client.describe_collection(name)
+        dim = 0
+        for f in desc.get("fields", []):
+            if f.get("name") == VECTOR_FIELD:
+                dim = int(f.get("params", {}).get("dim", 0))
+        version = str(desc.get("properties", {}).get(VERSION_PROPERTY, ""))
+        return dim, version
+
+    def describe(self, collection: str) -> LiveCollection:
+        """Dim and model version of an existing collection."""
+        dim, version = self._call("", lambda c: self._describe(c, collection))
+        return LiveCollection(collection, version, dim)
+
+    def versions(self) -> dict[str, LiveCollection]:
+        """model_version -> collection for every item collection (the writer's routing table)."""
+        out: dict[str, LiveCollection] = {}
+        for name in self.list_collections():
+            info = self.describe(name)
+            if info.model_version:
+                out[info.model_version] = info
+        return out
+
+    def live(self) -> LiveCollection | None:
+        """The collection the alias points to, or None when no alias exists yet."""
+
+        def run(client: Any) -> LiveCollection | None:
+            if self.cfg.alias not in client.list_aliases().get("aliases", []):
+                return None
+            name = client.describe_alias(self.cfg.alias)["collection_name"]
+            dim, version = self._describe(client, name)
+            return LiveCollection(name, version, dim)
+
+        return self._call("", run)
+
+    def set_alias(self, collection: str) -> None:
+        """Point the alias at ``collection``: created, or switched atomically by Milvus."""
+
+        def run(client: Any) -> None:
+            if self.cfg.alias in client.list_aliases().get("aliases", []):
+                client.alter_alias(collection, self.cfg.alias)
+            else:
+                client.create_alias(collection, self.cfg.alias)
+            self._ensure_loaded(client, collection)
+
+        self._call("", run)
+        log.info("alias %s -> %s", self.cfg.alias, collection)
+
+    def list_collections(self) -> list[str]:
+        names = self._call("", lambda c: list(c.list_collections()))
+        return sorted(n for n in names if n.startswith(self.cfg.collection_prefix))
+
+    def drop(self, collection: str, *, force: bool = False) -> None:
+        """Drop a collection; refuses the live one (switch the alias first) unless ``force``
+        (then the alias is dropped with it: the HTTP API's /rec/drop)."""
+        live = self.live()
+        is_live = live is not None and live.collection == collection
+        if is_live and not force:
+            raise StoreError(f"{collection} is live (alias {self.cfg.alias}); roll out another version first")
+
+        def run(client: Any) -> None:
+            if is_live:
+                client.drop_alias(self.cfg.alias)
+            client.drop_collection(collection)
+            self._loaded.discard(collection)
+            self._dims.pop(collection, None)
+
+        self._call("", run)
+
+    # -- data -------------------------------------------------------------------------------
+    def _target(self, collection: str | None) -> str:
+        return collection if collection is not None else self.cfg.alias
+
+    def upsert(self, collection: str, ids: np.ndarray, vectors: np.ndarray, updated_ts: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        updated_ts = np.asarray(updated_ts, dtype=np.int64)
+        if vectors.ndim != 2 or len(vectors) != len(ids) or len(updated_ts) != len(ids):
+            raise ValueError(
+                f"upsert: ids {ids.shape}, vectors {vectors.shape}, ts {updated_ts.shape} disagree"
+            )
+        if not len(ids):
+            return
+        id_list, ts_list = ids.tolist(), updated_ts.tolist()
+
+        def run(client: Any) -> None:
+            for s in range(0, len(id_list), _MAX_ROWS_PER_CALL):
+                rows = [
+                    {ID_FIELD: id_list[i], VECTOR_FIELD: vectors[i], TS_FIELD: ts_list[i]}
+                    for i in range(s, min(s + _MAX_ROWS_PER_CALL, len(id_list)))
+                ]
+                client.upsert(collection, rows)
+
+        self._call("upsert", run)
+
+    def delete(self, collection: str, ids: np.ndarray) -> None:
+        id_list = np.asarray(ids, dtype=np.int64).tolist()
+        if id_list:
+            self._call("delete", lambda c: c.delete(collection, ids=id_list))
+
+    def search(
+        self, queries: np.ndarray, top_k: int, collection: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One Milvus call for all queries; ids -1 and scores -inf pad rows with fewer hits."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim != 2:
+            raise ValueError(f"search: queries must be (n, D), got {q.shape}")
+        ids = np.full((len(q), top_k), -1, dtype=np.int64)
+        scores = np.full((len(q), top_k), -np.inf, dtype=np.float32)
+        if not len(q) or top_k <= 0:
+            return ids, scores
+        target = self._target(collection)
+        params: dict[str, Any] = {"metric_type": METRIC, "params": dict(self.cfg.search_params)}
+
+        def run(client: Any) -> Any:
+            self._ensure_loaded(client, target)
+            return client.search(
+                target,
+                data=list(q),
+                limit=top_k,
+                anns_field=VECTOR_FIELD,
+                output_fields=[ID_FIELD],
+                search_params=params,
+                consistency_level=self.cfg.consistency_level,
+            )
+
+        result = self._call("search", run)
+        for row, hits in enumerate(result):
+            for col, hit in enumerate(hits):
+                if col >= top_k:
+                    break
+                ids[row, col] = hit.id  # the pk key name differs between Lite and a server
+                scores[row, col] = hit.distance
+        return ids, scores
+
+    def get_vectors(self, ids: np.ndarray, collection: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors of those ids that exist (found ids, vectors in the same order)."""
+        id_list = np.unique(np.asarray(ids, dtype=np.int64)).tolist()
+        target = self._target(collection)
+        if not id_list:
+            dim = self._dims.get(target) or (self.describe(target).dim if collection else self._live_dim())
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+
+        def run(client: Any) -> Any:
+            self._ensure_loaded(client, target)
+            return client.get(target, ids=id_list, output_fields=[ID_FIELD, VECTOR_FIELD])
+
+        rows = self._call("get", run)
+        if not rows:
+            dim = self._dims.get(target) or (self.describe(target).dim if collection else self._live_dim())
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        found = np.array([r[ID_FIELD] for r in rows], dtype=np.int64)
+        vecs = np.array([r[VECTOR_FIELD] for r in rows], dtype=np.float32)
+        return found, vecs
+
+    def _live_dim(self) -> int:
+        live = self.live()
+        return live.dim if live else 0
+
+    def iter_all(
+        self, collection: str | None = None, batch: int = 10_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every row as (ids, vectors, updated_ts) chunks: loads the item cache from Milvus."""
+        target = self._target(collection)
+
+        def open_it(client: Any) -> Any:
+            self._ensure_loaded(client, target)
+            return client.query_iterator(
+                target, batch_size=batch, filter="", output_fields=[ID_FIELD, VECTOR_FIELD, TS_FIELD]
+            )
+
+        it = self._call("", open_it)
+        try:
+            while True:
+                rows = self._call("", lambda _c: it.next())
+                if not rows:
+                    break
+                yield (
+                    np.array([r[ID_FIELD] for r in rows], np.int64),
+                    np.array([r[VECTOR_FIELD] for r in rows], np.float32),
+                    np.array([r[TS_FIELD] for r in rows], np.int64),
+                )
+        finally:
+            with contextlib.suppress(Exception):
+                it.close()
+
+    def count(self, collection: str | None = None) -> int:
+        """Exact row count (``count(*)`` with Strong consistency: the only exact count on a server)."""
+        target = self._target(collection)
+
+        def run(client: Any) -> int:
+            self._ensure_loaded(client, target)
+            res = client.query(target, filter="", output_fields=["count(*)"], consistency_level="Strong")
+            return int(res[0]["count(*)"])
+
+        n = self._call("count", run)
+        if collection is None and self.metrics is not None:
+            self.metrics.milvus_rows.set(n)
+        return n
+
+    def ping(self) -> None:
+        """Raise StoreError unless Milvus answers (used while waiting out an outage)."""
+        self._call("", lambda c: c.list_collections())
+
+    def close(self) -> None:
+        self._reset()
