@@ -18,7 +18,10 @@ from mind_recall.settings import ConfigError, Settings, load
 Handler = Callable[[Settings, argparse.Namespace], int]
 
 # Packages that contribute subcommands; imported lazily so `config show` never loads Paddle.
-COMMAND_MODULES = ("model.cli", "worker.items_cli", "worker.recall_cli", "producers.cli", "mind_recall.demo")
+COMMAND_MODULES = (
+    "model.cli", "model.data_cli", "worker.items_cli", "worker.recall_cli", "producers.cli",
+    "mind_recall.demo",
+)
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:

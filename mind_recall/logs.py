@@ -14,3 +14,6 @@ def setup(level: str | None = None) -> None:
     # kafka-python and pymilvus are chatty at INFO; their warnings still show.
     for noisy in ("kafka", "pymilvus", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Milvus Lite's in-process gRPC server logs a traceback for every AllocTimestamp call that pymilvus
+    # makes after writes ("Method not implemented"): harmless, and our own code logs real Milvus errors.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)

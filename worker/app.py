@@ -1,0 +1,127 @@
+"""The roles of one worker process, run as threads that share one Milvus client and one metrics registry.
+
+Milvus Lite (the embedded default) is file-locked to one process, so on it the item writer, the recall
+worker and the HTTP API must live in one process. With a Milvus server each role can run alone
+(``mind-recall worker --roles recall``) and scale out; the code path is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mind_recall.settings import Settings
+from worker import metrics as metrics_mod
+
+log = logging.getLogger(__name__)
+
+ROLES = ("items", "recall", "http")
+
+
+@dataclass
+class App:
+    """Start the chosen roles, report their endpoints, stop them in order."""
+
+    settings: Settings
+    roles: tuple[str, ...] = ROLES
+    export_dir: str | None = None
+    metrics: metrics_mod.Metrics | None = None
+    metrics_port: int | None = None
+    http_port: int | None = None
+    errors: list[str] = field(default_factory=list)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _stoppers: list[Callable[[], None]] = field(default_factory=list)
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+    recall_worker: Any = None
+    item_writer: Any = None
+    store: Any = None
+
+    def start(self, ready_timeout_s: float = 60.0) -> App:
+        from worker.store import ItemStore
+
+        unknown = set(self.roles) - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown worker roles {sorted(unknown)}; choose from {', '.join(ROLES)}")
+        s = self.settings
+        self.metrics = self.metrics or metrics_mod.from_settings(s)
+        self.metrics_port = metrics_mod.serve(self.metrics, s)
+        self.store = ItemStore(s.milvus, self.metrics)
+        export_dir = self.export_dir or s.worker.export_dir
+        if "items" in self.roles:
+            from worker.item_writer import ItemWriter
+
+            self.item_writer = ItemWriter(s, self.metrics, store=self.store)
+            self._spawn("item-writer", self.item_writer.run)
+            self._stoppers.append(self.item_writer.stop)
+        if "recall" in self.roles:
+            from worker.recall_worker import RecallWorker, build_engine
+
+            engine, _, follower = build_engine(s, export_dir, store=self.store, metrics=self.metrics)
+            if follower is not None:
+                self._closers.append(follower.stop)
+            self.recall_worker = RecallWorker(s, engine, self.metrics)
+            self._spawn("recall-worker", self.recall_worker.run)
+            self._stoppers.append(self.recall_worker.stop)
+        if "http" in self.roles:
+            self._start_http(export_dir)
+        if self.recall_worker is not None and not self.recall_worker.ready.wait(ready_timeout_s):
+            self.stop()
+            raise TimeoutError(f"recall worker not ready (no partitions assigned) after {ready_timeout_s}s")
+        return self
+
+    def _start_http(self, export_dir: str) -> None:
+        import uvicorn
+
+        from worker.http_api import create_app, make_service
+
+        service = make_service(self.settings, store=self.store, metrics=self.metrics, export_dir=export_dir)
+        app = create_app(self.settings, service)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=self.settings.http.host, port=self.settings.http.port, log_level="warning")
+        )
+        self._spawn("http", server.run)
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not server.started:
+            raise RuntimeError("HTTP API did not start")
+        self.http_port = int(server.servers[0].sockets[0].getsockname()[1])
+        self._stoppers.append(lambda: setattr(server, "should_exit", True))
+        log.info("HTTP API on http://%s:%d (docs at /docs)", self.settings.http.host, self.http_port)
+
+    def _spawn(self, name: str, target: Callable[[], Any]) -> None:
+        def run() -> None:
+            try:
+                code = target()
+                if isinstance(code, int) and code != 0:
+                    self.errors.append(f"{name} exited with code {code}")
+            except Exception as e:  # a role that dies must be visible, not silent
+                log.exception("%s failed", name)
+                self.errors.append(f"{name}: {type(e).__name__}: {e}")
+
+        t = threading.Thread(target=run, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self._threads)
+
+    def wait(self) -> None:
+        """Block until a role stops (or a signal calls stop())."""
+        while self.alive():
+            time.sleep(0.2)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        for stop in self._stoppers:
+            stop()
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        for close in self._closers:
+            close()
+        if self.store is not None:
+            self.store.close()
