@@ -9,6 +9,7 @@ It stops what it started. It needs a Kafka broker (``./run demo`` starts the loc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import time
@@ -166,9 +167,8 @@ def run_demo(base: Settings, args: argparse.Namespace) -> int:
         _, _, ids, vectors, _ = load_export(s.worker.export_dir)
         coll = app.store.ensure_collection(version, int(manifest["dim"]))  # what `items rollout` does first
         app.store.set_alias(coll)
-        n_items = publish(
-            s, ((int(i), v, version, now_ms()) for i, v in zip(ids, vectors)), total=len(ids), progress=False
-        )
+        events = ((int(i), v, version, now_ms()) for i, v in zip(ids, vectors, strict=True))
+        n_items = publish(s, events, total=len(ids), progress=False)
         deadline = time.monotonic() + 120
         while app.store.count(coll) < n_items and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -226,8 +226,9 @@ def run_demo(base: Settings, args: argparse.Namespace) -> int:
             time.sleep(0.01)
         print(f"   item {new_id} visible after {_ms(visible)}")
         m = app.metrics
-        print(f"   item freshness (event -> Milvus ack) p50 {_ms(histogram_quantile(m, 'mind_recall_item_freshness_seconds', 0.5))}"
-              f", p99 {_ms(histogram_quantile(m, 'mind_recall_item_freshness_seconds', 0.99))}")
+        fresh = "mind_recall_item_freshness_seconds"
+        print(f"   item freshness (event -> Milvus ack) p50 {_ms(histogram_quantile(m, fresh, 0.5))}"
+              f", p99 {_ms(histogram_quantile(m, fresh, 0.99))}")
         _done(t0)
 
         print("\n== summary")
@@ -245,10 +246,8 @@ def run_demo(base: Settings, args: argparse.Namespace) -> int:
         print(f"   total {time.monotonic() - started:.0f} s")
         if args.keep_running:
             print("   running until Ctrl-C ...")
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 app.wait()
-            except KeyboardInterrupt:
-                pass
         return 1 if app.errors else 0
     finally:
         app.stop()
