@@ -226,17 +226,17 @@ def run_demo(base: Settings, args: argparse.Namespace) -> int:
             time.sleep(0.01)
         print(f"   item {new_id} visible after {_ms(visible)}")
         m = app.metrics
-        fresh = "mind_recall_item_freshness_seconds"
+        fresh = f"{s.metrics.namespace}_item_freshness_seconds"
         print(f"   item freshness (event -> Milvus ack) p50 {_ms(histogram_quantile(m, fresh, 0.5))}"
               f", p99 {_ms(histogram_quantile(m, fresh, 0.99))}")
         _done(t0)
 
         print("\n== summary")
-        lat = "mind_recall_recall_latency_seconds"
+        lat = f"{s.metrics.namespace}_recall_latency_seconds"
         print(f"   recall latency (request ts -> result) p50 {_ms(histogram_quantile(m, lat, 0.5))}"
               f", p99 {_ms(histogram_quantile(m, lat, 0.99))}")
         for stage in STAGES:
-            name = "mind_recall_recall_stage_seconds"
+            name = f"{s.metrics.namespace}_recall_stage_seconds"
             p50 = histogram_quantile(m, name, 0.5, {"stage": stage})
             p99 = histogram_quantile(m, name, 0.99, {"stage": stage})
             print(f"   stage {stage:<8} p50 {_ms(p50):>10}  p99 {_ms(p99):>10}  (per micro-batch)")
