@@ -80,6 +80,7 @@ class Runner:
     seed: int = 2026
     progress: bool = True
     resume: bool = False  # continue from the latest checkpoint under model_save_path
+    keep_checkpoints: int = _non_negative(0)  # keep the last N epoch checkpoints; 0: all
 
 
 @dataclass(frozen=True)

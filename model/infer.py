@@ -1,0 +1,190 @@
+"""Offline evaluation of a checkpoint: ``python -m model.infer -m CFG -top_n 50`` (PaddleRec style)
+and ``mind-recall evaluate``. Exact search over the item embedding (rows 1..) by default; ``milvus``
+upserts the vectors into ``worker.store.ItemStore`` and searches there (needs the worker package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mind_recall.settings import Settings, load
+
+log = logging.getLogger(__name__)
+
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def make_encoder(net: Any) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """encode(hist ids [B, L], lengths [B]) for model.evaluation.evaluate. Ids outside the trained
+    catalogue (eval items never seen in training) are dropped from a history, not mapped to padding
+    in place, so the remaining history stays contiguous."""
+    import paddle
+
+    item_count = net.cfg.item_count
+
+    def encode(hist: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hist = np.asarray(hist, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        valid = (np.arange(hist.shape[1])[None, :] < lengths[:, None]) & (hist > 0) & (hist < item_count)
+        if not valid[np.arange(hist.shape[1])[None, :] < lengths[:, None]].all():
+            packed = np.zeros_like(hist)
+            for i in range(hist.shape[0]):
+                row = hist[i][valid[i]]
+                packed[i, : row.size] = row
+            hist, lengths = packed, valid.sum(axis=1).astype(np.int64)
+        with paddle.no_grad():
+            interests, n = net.encode_ids(paddle.to_tensor(hist), paddle.to_tensor(lengths))
+        return interests.numpy(), n.numpy()
+
+    return encode
+
+
+def exact_searcher(net: Any) -> Search:
+    from model.evaluation import exact_search
+
+    ids = np.arange(1, net.cfg.item_count, dtype=np.int64)
+    search: Search = exact_search(ids, net.item_vectors())
+    return search
+
+
+def milvus_searcher(settings: Settings, net: Any) -> tuple[Search, Callable[[], None]]:
+    """Fill a Milvus collection named after the item vectors' hash and search it (Strong consistency,
+    so every upserted vector is visible). Returns (search, cleanup); cleanup drops the collection."""
+    import dataclasses
+
+    try:
+        from worker.store import ItemStore  # type: ignore[import-not-found]
+    except ModuleNotFoundError as e:
+        raise RuntimeError(f"--index milvus needs worker/store.py (ItemStore), not available: {e}") from e
+    ids = np.arange(1, net.cfg.item_count, dtype=np.int64)
+    vectors = net.item_vectors()
+    version = "eval_" + hashlib.sha256(vectors.tobytes()).hexdigest()[:12]
+    store = ItemStore(dataclasses.replace(settings.milvus, consistency_level="Strong"))
+    collection = store.ensure_collection(version, vectors.shape[1])
+    ts = np.zeros(ids.size, dtype=np.int64)
+    for lo in range(0, ids.size, 5000):
+        store.upsert(collection, ids[lo : lo + 5000], vectors[lo : lo + 5000], ts[lo : lo + 5000])
+    log.info("evaluating against Milvus collection %s (%d items)", collection, ids.size)
+
+    def search(queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        found_ids, scores = store.search(np.asarray(queries, dtype=np.float32), top_k, collection=collection)
+        return np.asarray(found_ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+
+    def cleanup() -> None:
+        try:
+            store.drop(collection)
+        finally:
+            store.close()
+
+    return search, cleanup
+
+
+def _rename(metrics: dict[str, Any], method: str) -> dict[str, Any]:
+    return {"method": method, **metrics}
+
+
+def evaluate_checkpoint(
+    settings: Settings, top_n: int, *, epoch: int | None = None, index: str = "exact"
+) -> dict[str, Any]:
+    """Metrics @top_n of the checkpoint (latest by default) on ``runner.test_data_dir``."""
+    from model.data import read_eval
+    from model.evaluation import evaluate
+    from model.trainer import find_checkpoint, load_network, select_device
+
+    select_device(settings.runner.use_gpu)
+    ckpt = find_checkpoint(settings.runner.model_save_path, epoch)
+    net, meta = load_network(ckpt)
+    users = read_eval(settings.runner.test_data_dir)
+    cleanup: Callable[[], None] | None = None
+    if index == "milvus":
+        search, cleanup = milvus_searcher(settings, net)
+    else:
+        search = exact_searcher(net)
+    try:
+        metrics = evaluate(
+            users, make_encoder(net), search, top_n=top_n, maxlen=net.cfg.maxlen,
+            batch_size=settings.runner.infer_batch_size,
+        )
+    finally:
+        if cleanup is not None:
+            cleanup()
+    out = _rename(metrics, meta["model"])
+    out["epoch"] = int(meta["epoch"])
+    out["checkpoint"] = str(ckpt)
+    out["index"] = index
+    return out
+
+
+def evaluate_most_popular(settings: Settings, top_n: int) -> dict[str, Any]:
+    """The most-popular baseline: every user gets the top_n most clicked training items."""
+    from model.data import read_eval, read_train
+    from model.evaluation import most_popular
+
+    seqs = read_train(settings.runner.train_data_dir)
+    users = read_eval(settings.runner.test_data_dir)
+    max_id = max(int(s.max()) for s in seqs.values() if len(s))
+    item_count = settings.hyper_parameters.item_count or max_id + 1
+    metrics = most_popular(seqs, item_count, top_n, users)
+    return _rename(metrics, "most_popular")
+
+
+def run_evaluate(
+    settings: Settings, top_n: int, *, epoch: int | None = None, baseline: str = "none",
+    index: str = "exact", json_out: str | None = None,
+) -> dict[str, Any]:
+    if top_n <= 0:
+        raise ValueError(f"top_n must be positive, got {top_n}")
+    if baseline == "most_popular":
+        result = evaluate_most_popular(settings, top_n)
+    elif baseline == "none":
+        result = evaluate_checkpoint(settings, top_n, epoch=epoch, index=index)
+    else:
+        raise ValueError(f"--baseline: expected most_popular|none, got {baseline!r}")
+    text = json.dumps(result, indent=1)
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return result
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--top-n", "-top_n", dest="top_n", type=int, default=50, help="N of Recall/NDCG/HitRate@N")
+    p.add_argument("--epoch", type=int, default=None, help="checkpoint epoch (default: the latest)")
+    p.add_argument("--baseline", choices=("none", "most_popular"), default="none")
+    p.add_argument("--index", choices=("exact", "milvus"), default="exact")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the JSON result here")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mind_recall import logs
+
+    p = argparse.ArgumentParser(prog="python -m model.infer", description="evaluate a MIND checkpoint")
+    p.add_argument("-m", "--config", metavar="FILE")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
+    add_eval_args(p)
+    args = p.parse_args(argv)
+    logs.setup()
+    settings = load(args.config, overrides=args.override)
+    try:
+        run_evaluate(
+            settings, args.top_n, epoch=args.epoch, baseline=args.baseline, index=args.index,
+            json_out=args.json_out,
+        )
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"model.infer: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

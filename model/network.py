@@ -1,0 +1,247 @@
+"""MIND (multi-interest network with dynamic routing) and the single-vector baseline, Paddle dygraph.
+
+The user tower is a separate Layer that takes history *vectors* ``[B, L, D]`` and lengths ``[B]`` and
+returns interests ``[B, K, D]`` plus ``n_interests [B]``: training is an embedding lookup followed by
+the tower, and the export is the tower alone (a few KB instead of the whole item table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+NEG_INF = -1e9
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """The shape-defining hyper-parameters (what a checkpoint must record to rebuild the network)."""
+
+    model: str = "mind"  # mind | single_vector
+    item_count: int = 2
+    embedding_dim: int = 64
+    hidden_size: int = 64
+    maxlen: int = 20
+    capsual_iters: int = 3
+    capsual_max_k: int = 4
+    capsual_init_std: float = 1.0
+    pow_p: float = 1.0
+    dynamic_k: bool = False
+    relu_layer: bool = False
+    resample_routing: bool = False
+    sparse_embedding: bool = True
+
+    @classmethod
+    def from_settings(cls, hp: Any, item_count: int) -> NetConfig:
+        return cls(
+            model=hp.model, item_count=item_count, embedding_dim=hp.embedding_dim,
+            hidden_size=hp.hidden_size, maxlen=hp.maxlen, capsual_iters=hp.capsual_iters,
+            capsual_max_k=hp.capsual_max_k, capsual_init_std=hp.capsual_init_std, pow_p=hp.pow_p,
+            dynamic_k=hp.dynamic_k, relu_layer=hp.relu_layer, resample_routing=hp.resample_routing,
+            sparse_embedding=hp.sparse_embedding,
+        )
+
+    @property
+    def k(self) -> int:
+        return self.capsual_max_k if self.model == "mind" else 1
+
+    def validate(self) -> None:
+        if self.model not in ("mind", "single_vector"):
+            raise ValueError(f"hyper_parameters.model: expected mind|single_vector, got {self.model!r}")
+        if self.item_count < 2:
+            raise ValueError(f"hyper_parameters.item_count: need a real item, got {self.item_count}")
+        if self.model == "mind" and not self.relu_layer and self.hidden_size != self.embedding_dim:
+            raise ValueError(
+                "hyper_parameters.hidden_size must equal embedding_dim unless relu_layer=true "
+                f"(interests are scored against item embeddings): {self.hidden_size} != {self.embedding_dim}"
+            )
+
+
+def squash(x: paddle.Tensor, eps: float = 1e-9) -> paddle.Tensor:
+    """Capsule squash: keeps the direction, maps the norm ``n`` to ``n^2 / (1 + n^2)`` (< 1)."""
+    sq = paddle.sum(x * x, axis=-1, keepdim=True)
+    return x * (sq / (1.0 + sq) / paddle.sqrt(sq + eps))
+
+
+def interest_count(lengths: paddle.Tensor, k_max: int) -> paddle.Tensor:
+    """MIND's dynamic interest number ``max(1, min(K, floor(log2 |history|)))`` as int64 [B].
+
+    Counted with integer comparisons (``len >= 2^j``) rather than a float log2, which can land just
+    below an integer for exact powers of two."""
+    lengths = lengths.astype("int64")
+    n = paddle.zeros_like(lengths)
+    for j in range(1, k_max + 1):
+        n = n + (lengths >= 2**j).astype("int64")
+    # n <= k_max by construction. (Not paddle.clip: Paddle Inference 3.3.1 drops clip's int64 min.)
+    return paddle.maximum(n, paddle.ones_like(n))
+
+
+class CapsuleTower(nn.Layer):
+    """B2I dynamic routing (MIND): one shared bilinear map S, fixed random routing logits, squash."""
+
+    def __init__(self, cfg: NetConfig, routing_seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, h, k, length = cfg.embedding_dim, cfg.hidden_size, cfg.capsual_max_k, cfg.maxlen
+        self.bilinear = self.create_parameter(
+            [d, h], default_initializer=nn.initializer.Normal(std=1.0 / np.sqrt(d))
+        )
+        # Routing logits are drawn once and never trained (MIND §3.2); a persistable buffer so the
+        # checkpoint and the export carry the very same values.
+        rng = np.random.default_rng(routing_seed)
+        logits = (rng.standard_normal((1, k, length)) * cfg.capsual_init_std).astype("float32")
+        self.register_buffer("routing_logits", paddle.to_tensor(logits), persistable=True)
+        self.readout = nn.Linear(h, d) if cfg.relu_layer else None
+        # Per-batch routing logits for resample_routing (training only; set by the trainer from its
+        # numpy Generator so runs stay reproducible and resumable). A numpy array, not a Tensor, so
+        # the Layer does not register it as a buffer: never saved, never exported.
+        self.train_logits: np.ndarray | None = None
+
+    def resample(self, rng: np.random.Generator) -> None:
+        """Draw fresh routing logits for the next training batch (the resample_routing option)."""
+        shape = tuple(self.routing_logits.shape)
+        self.train_logits = (rng.standard_normal(shape) * self.cfg.capsual_init_std).astype("float32")
+
+    def forward(
+        self, hist: paddle.Tensor, lengths: paddle.Tensor
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """hist [B, L, D] float32 (L <= maxlen, padded on the right), lengths [B] int64
+        -> (interests [B, K, D], n_interests [B] int64). Positions >= length never matter."""
+        k = self.cfg.capsual_max_k
+        seq_len = hist.shape[1]
+        lengths = lengths.astype("int64")
+        pos = paddle.arange(seq_len, dtype="int64").unsqueeze(0)  # [1, L]
+        valid = (pos < lengths.unsqueeze(1)).astype("float32")  # [B, L]
+        low = paddle.matmul(hist, self.bilinear) * valid.unsqueeze(-1)  # [B, L, H]; padding -> 0
+        low_fixed = low.detach()  # routing iterations do not backpropagate (as in MIND/PaddleRec)
+
+        if self.training and self.train_logits is not None:
+            b = paddle.to_tensor(self.train_logits[:, :, :seq_len])
+        else:
+            b = self.routing_logits[:, :, :seq_len]
+        # b stays [1, K, L] until the first update; broadcasting does the tiling.
+        mask = valid.unsqueeze(1)  # [B, 1, L]
+
+        def weights(logits: paddle.Tensor) -> paddle.Tensor:
+            # Softmax over the K interests for each behaviour, then zero the padded behaviours.
+            return F.softmax(logits, axis=1) * mask
+
+        for _ in range(self.cfg.capsual_iters - 1):
+            caps = squash(paddle.matmul(weights(b), low_fixed))  # [B, K, H]
+            b = b + paddle.matmul(caps, low_fixed, transpose_y=True)  # [B, K, L]
+        interests = squash(paddle.matmul(weights(b.detach()), low))  # [B, K, H]
+        if self.readout is not None:
+            interests = F.relu(self.readout(interests))
+
+        n = interest_count(lengths, k) if self.cfg.dynamic_k else paddle.full_like(lengths, k)
+        keep = (paddle.arange(k, dtype="int64").unsqueeze(0) < n.unsqueeze(1)).astype("float32")
+        return interests * keep.unsqueeze(-1), n
+
+
+class MeanPoolTower(nn.Layer):
+    """Single-vector baseline (YouTube-DNN style): mean of the history vectors (+ a ReLU dense layer)."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embedding_dim
+        self.dense = nn.Linear(d, d) if cfg.relu_layer else None
+
+    def forward(
+        self, hist: paddle.Tensor, lengths: paddle.Tensor
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        seq_len = hist.shape[1]
+        lengths = lengths.astype("int64")
+        pos = paddle.arange(seq_len, dtype="int64").unsqueeze(0)
+        valid = (pos < lengths.unsqueeze(1)).astype("float32").unsqueeze(-1)  # [B, L, 1]
+        total = paddle.sum(hist * valid, axis=1)
+        count = paddle.clip(lengths.astype("float32"), min=1.0).unsqueeze(-1)
+        user = total / count
+        if self.dense is not None:
+            user = F.relu(self.dense(user))
+        return user.unsqueeze(1), paddle.ones_like(lengths)
+
+
+def make_tower(cfg: NetConfig, routing_seed: int = 0) -> nn.Layer:
+    return CapsuleTower(cfg, routing_seed) if cfg.model == "mind" else MeanPoolTower(cfg)
+
+
+class RecallNetwork(nn.Layer):
+    """Item embedding (row 0 = padding, all zero) + user tower + sampled-softmax loss.
+
+    The output weights of the softmax are the item embedding itself (tied), so the vectors the
+    user tower is trained against are exactly the vectors exported for search."""
+
+    def __init__(self, cfg: NetConfig, routing_seed: int = 0) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        d = cfg.embedding_dim
+        self.item_emb = nn.Embedding(
+            cfg.item_count, d, padding_idx=0, sparse=cfg.sparse_embedding,
+            weight_attr=paddle.ParamAttr(initializer=nn.initializer.Normal(std=1.0 / np.sqrt(d))),
+        )
+        w = self.item_emb.weight.numpy()
+        w[0] = 0.0
+        self.item_emb.weight.set_value(w)
+        self.tower = make_tower(cfg, routing_seed)
+
+    def encode_ids(
+        self, hist: paddle.Tensor, lengths: paddle.Tensor
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """Histories of item ids [B, L] -> (interests [B, K, D], n_interests [B])."""
+        return self.tower(self.item_emb(hist), lengths)
+
+    def item_vectors(self) -> np.ndarray:
+        """The real items' vectors [item_count - 1, D] (ids 1..item_count-1, in id order)."""
+        return self.item_emb.weight.numpy()[1:].astype(np.float32)
+
+    def user_vector(
+        self, interests: paddle.Tensor, n: paddle.Tensor, target_emb: paddle.Tensor
+    ) -> paddle.Tensor:
+        """Label-aware attention: softmax over the valid interests of ``pow(<interest, target>, p)``.
+
+        ``p`` is applied sign-preserving (``sign(x)|x|^p``) so a non-integer p never yields NaN."""
+        if self.cfg.k == 1:
+            return interests[:, 0]
+        score = paddle.sum(interests * target_emb.unsqueeze(1), axis=-1)  # [B, K]
+        p = self.cfg.pow_p
+        if p != 1.0:
+            score = paddle.sign(score) * paddle.pow(paddle.abs(score), p)
+        k = self.cfg.k
+        valid = paddle.arange(k, dtype="int64").unsqueeze(0) < n.unsqueeze(1)
+        score = paddle.where(valid, score, paddle.full_like(score, NEG_INF))
+        att = F.softmax(score, axis=1).unsqueeze(-1)
+        return paddle.sum(interests * att, axis=1)
+
+    def forward(
+        self,
+        hist: paddle.Tensor,
+        lengths: paddle.Tensor,
+        target: paddle.Tensor,
+        neg_ids: paddle.Tensor,
+        neg_log_q: paddle.Tensor,
+        target_log_q: paddle.Tensor,
+    ) -> paddle.Tensor:
+        """Sampled-softmax loss (mean over the batch) with logQ correction and accidental-hit removal.
+
+        hist [B, L] int64, lengths [B], target [B], neg_ids [S] (shared by the batch, unique),
+        neg_log_q [S] and target_log_q [B] float32 (log expected counts from the sampler)."""
+        interests, n = self.encode_ids(hist, lengths)
+        target_emb = self.item_emb(target)  # [B, D]
+        user = self.user_vector(interests, n, target_emb)  # [B, D]
+        pos = paddle.sum(user * target_emb, axis=-1, keepdim=True) - target_log_q.unsqueeze(-1)
+        neg_emb = self.item_emb(neg_ids)  # [S, D]
+        neg = paddle.matmul(user, neg_emb, transpose_y=True) - neg_log_q.unsqueeze(0)  # [B, S]
+        hit = target.unsqueeze(1) == neg_ids.unsqueeze(0)  # the target drawn as its own negative
+        neg = paddle.where(hit, paddle.full_like(neg, NEG_INF), neg)
+        logits = paddle.concat([pos, neg], axis=1)
+        # The true class is column 0. (cross_entropy, not log_softmax: Paddle 3.3's CPU log_softmax
+        # takes ~23 ms on [128, 1281], cross_entropy 0.3 ms.)
+        label = paddle.zeros([logits.shape[0], 1], dtype="int64")
+        return F.cross_entropy(logits, label, reduction="mean")
