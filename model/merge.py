@@ -50,5 +50,5 @@ def merge(
     first = first[:top_k]
     return [
         Candidate(int(i), float(s), int(j))
-        for i, s, j in zip(flat_ids[first], flat_scores[first], interest[first])
+        for i, s, j in zip(flat_ids[first], flat_scores[first], interest[first], strict=True)
     ]
