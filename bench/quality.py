@@ -1,0 +1,201 @@
+"""Model quality per ARCHITECTURE section 8: MIND vs a single-vector model vs most-popular, same data,
+same seeds, same training budget, Recall/NDCG/HitRate@50 with merge as in production (seen items kept).
+
+    .venv/bin/python bench/quality.py                      # both parts, a few minutes on 2 cores
+    .venv/bin/python bench/quality.py --part synth --synth-batches 1500
+    .venv/bin/python bench/quality.py --part amazon --seeds 1,2,3 --amazon-epochs 20
+
+(a) ``amazon``: the AmazonBook demo sample (../shared/data/amazonbook-demo), 3 seeds, mean and std,
+    plus diagnostics that explain the numbers (how many eval items were ever seen in training,
+    popularity concentration);
+(b) ``synth``: model/synth.py data with planted multi-interest structure; MIND/single-vector and
+    MIND/most-popular ratios (goal >= 1.2x and >= 3x).
+
+Prints one JSON object (config included); never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+AMAZON = ROOT.parent / "shared" / "data" / "amazonbook-demo"
+METRICS = ("recall", "ndcg", "hitrate")
+
+
+def _train_eval(data: Path, work: Path, model: str, seed: int, overrides: list[str], top_n: int) -> dict:
+    from mind_recall.settings import load
+    from model.infer import evaluate_checkpoint
+    from model.trainer import train
+
+    s = load(None, overrides=[
+        f"runner.train_data_dir={data / 'train'}", f"runner.test_data_dir={data / 'valid'}",
+        f"runner.model_save_path={work / f'{model}_{seed}'}", f"runner.seed={seed}",
+        "runner.progress=false", f"hyper_parameters.model={model}", *overrides,
+    ])
+    t0 = time.perf_counter()
+    train(s)
+    train_s = time.perf_counter() - t0
+    r = evaluate_checkpoint(s, top_n)
+    out = {m: r[f"{m}@{top_n}"] for m in METRICS}
+    out["train_s"] = round(train_s, 1)
+    out["avg_interests"] = r.get("avg_interests")
+    return out
+
+
+def _most_popular(data: Path, top_n: int) -> dict:
+    from model.data import read_eval, read_train
+    from model.evaluation import most_popular
+
+    seqs, users = read_train(data / "train"), read_eval(data / "valid")
+    item_count = 1 + max(int(s.max()) for s in seqs.values())
+    r = most_popular(seqs, item_count, top_n, users)
+    return {m: r[f"{m}@{top_n}"] for m in METRICS}
+
+
+def _agg(runs: list[dict]) -> dict:
+    out: dict[str, Any] = {}
+    for m in (*METRICS, "train_s"):
+        vals = [r[m] for r in runs]
+        out[m] = {"mean": round(statistics.fmean(vals), 5),
+                  "std": round(statistics.stdev(vals), 5) if len(vals) > 1 else 0.0,
+                  "runs": [round(v, 5) for v in vals]}
+    return out
+
+
+def diagnostics(data: Path, top_n: int) -> dict:
+    """Why a model can or cannot beat popularity on this data."""
+    import numpy as np
+
+    from model.data import read_eval, read_train
+    from model.evaluation import popular_items
+
+    seqs, users = read_train(data / "train"), read_eval(data / "valid")
+    clicks = np.concatenate(list(seqs.values()))
+    ids, cnt = np.unique(clicks, return_counts=True)
+    counts = dict(zip(ids.tolist(), cnt.tolist(), strict=True))
+    ev = np.concatenate([u.eval_items for u in users])
+    hist = np.concatenate([u.hist for u in users])
+    seen_ev = np.array([i in counts for i in ev.tolist()])
+    item_count = 1 + int(ids.max())
+    pop = set(popular_items(seqs, item_count, top_n).tolist())
+    top1 = np.sort(cnt)[::-1][: max(1, len(cnt) // 100)]
+    lens = np.array([len(s) for s in seqs.values()])
+    return {
+        "train_users": len(seqs), "train_clicks": int(clicks.size), "distinct_items": int(ids.size),
+        "max_item_id": int(ids.max()), "eval_users": len(users), "eval_items": int(ev.size),
+        "median_train_len": float(np.median(lens)),
+        "users_usable_for_training (len>4)": int((lens > 4).sum()),
+        "eval_items_seen_in_train": round(float(seen_ev.mean()), 4),
+        "eval_items_seen_5plus_times": round(float(np.mean([counts.get(i, 0) >= 5 for i in ev.tolist()])), 4),
+        "hist_items_seen_in_train": round(float(np.mean([i in counts for i in hist.tolist()])), 4),
+        "users_with_a_seen_eval_item (hitrate upper bound)": round(
+            float(np.mean([any(i in counts for i in u.eval_items.tolist()) for u in users])), 4),
+        "users_without_a_seen_hist_item": int(sum(not any(i in counts for i in u.hist.tolist()) for u in users)),
+        "eval_items_in_top50_popular": round(float(np.mean([i in pop for i in ev.tolist()])), 4),
+        "clicks_on_top1pct_items": round(float(top1.sum() / cnt.sum()), 4),
+        "items_clicked_once": round(float(np.mean(cnt == 1)), 4),
+    }
+
+
+def run_amazon(args: argparse.Namespace, work: Path) -> dict:
+    data = Path(args.amazon_dir)
+    if not (data / "train").is_dir():
+        return {"skipped": f"{data} not found"}
+    overrides = [f"runner.epochs={args.amazon_epochs}", f"runner.batches_per_epoch={args.amazon_batches}"]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    res: dict[str, Any] = {"data": str(data), "seeds": seeds, "overrides": overrides}
+    for model in ("mind", "single_vector"):
+        runs = [_train_eval(data, work / "amazon", model, s, overrides, args.top_n) for s in seeds]
+        res[model] = _agg(runs)
+    res["most_popular"] = _most_popular(data, args.top_n)
+    res["diagnostics"] = diagnostics(data, args.top_n)
+    return res
+
+
+def run_synth(args: argparse.Namespace, work: Path) -> dict:
+    from model.synth import write_dataset
+
+    data = work / "synth_data"
+    t0 = time.perf_counter()
+    # Big topics (200 items) with flat-ish popularity and 3-4 interests per user: the regime where a
+    # single vector must trade one interest's head items for another's (tuned once, see docs).
+    params: dict[str, Any] = {"clusters": args.synth_clusters, "zipf": 0.6, "min_interests": 3,
+                              "cluster_zipf": 0.3}
+    for kv in args.synth_param:
+        key, _, val = kv.partition("=")
+        params[key] = float(val) if "." in val else int(val)
+    ds = write_dataset(data, args.synth_users, args.synth_items, args.synth_seed, **params)
+    gen_s = time.perf_counter() - t0
+    overrides = [
+        f"runner.epochs={args.synth_epochs}", f"runner.batches_per_epoch={args.synth_batches}",
+        f"hyper_parameters.embedding_dim={args.synth_dim}", f"hyper_parameters.hidden_size={args.synth_dim}",
+    ]
+    meta = {k: v for k, v in ds.meta.items() if k != "params"}
+    res: dict[str, Any] = {"data": meta, "params": ds.meta["params"], "generate_s": round(gen_s, 2),
+                           "overrides": overrides}
+    seeds = [int(s) for s in args.synth_train_seeds.split(",")]
+    for model in ("mind", "single_vector"):
+        res[model] = _agg([_train_eval(data, work / "synth", model, s, overrides, args.top_n) for s in seeds])
+    res["most_popular"] = _most_popular(data, args.top_n)
+    mind, single, mp = (res["mind"]["recall"]["mean"], res["single_vector"]["recall"]["mean"],
+                        res["most_popular"]["recall"])
+    res["ratios_recall"] = {
+        "mind/single_vector": round(mind / single, 3) if single else None,
+        "mind/most_popular": round(mind / mp, 3) if mp else None,
+        "goal": "mind/single_vector >= 1.2 and mind/most_popular >= 3",
+    }
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=("all", "amazon", "synth"), default="all")
+    p.add_argument("--top-n", type=int, default=50)
+    p.add_argument("--amazon-dir", default=str(AMAZON))
+    p.add_argument("--seeds", default="1,2,3", help="training seeds for the AmazonBook part")
+    p.add_argument("--amazon-epochs", type=int, default=5)
+    p.add_argument("--amazon-batches", type=int, default=0, help="batches per epoch (0: one pass)")
+    p.add_argument("--synth-users", type=int, default=10000)
+    p.add_argument("--synth-items", type=int, default=5000)
+    p.add_argument("--synth-clusters", type=int, default=25)
+    p.add_argument("--synth-seed", type=int, default=1)
+    p.add_argument("--synth-dim", type=int, default=64)
+    p.add_argument("--synth-epochs", type=int, default=1)
+    p.add_argument("--synth-batches", type=int, default=2000)
+    p.add_argument("--synth-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model.synth.SynthParams field, e.g. zipf=0.6 (repeatable)")
+    p.add_argument("--synth-train-seeds", default="1,2", help="training seeds for the synthetic part")
+    p.add_argument("--out", help="also write the JSON here")
+    args = p.parse_args()
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.INFO)
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"bench": "quality", "config": vars(args)}
+    with tempfile.TemporaryDirectory(prefix="mind-quality-") as tmp:
+        if args.part in ("all", "amazon"):
+            result["amazon"] = run_amazon(args, Path(tmp))
+        if args.part in ("all", "synth"):
+            result["synth"] = run_synth(args, Path(tmp))
+    result["total_s"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

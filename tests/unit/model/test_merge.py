@@ -1,0 +1,68 @@
+"""model/merge.py: the per-user merge shared by evaluation and the worker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.merge import Candidate, merge
+
+
+def _ids(cands: list[Candidate]) -> list[int]:
+    return [c.item_id for c in cands]
+
+
+def test_dedupe_keeps_best_score_and_its_interest() -> None:
+    ids = np.array([[1, 2, 3], [2, 4, 1]])
+    scores = np.array([[0.9, 0.5, 0.1], [0.8, 0.7, 0.2]], dtype=np.float32)
+    out = merge(ids, scores, top_k=10)
+    assert _ids(out) == [1, 2, 4, 3]
+    best = {c.item_id: (round(c.score, 6), c.interest) for c in out}
+    assert best[2] == (0.8, 1)  # 0.8 from interest 1 beats 0.5 from interest 0
+    assert best[1] == (0.9, 0)
+    assert all(isinstance(c, Candidate) and isinstance(c.item_id, int) for c in out)
+
+
+def test_order_by_score_then_item_id() -> None:
+    ids = np.array([[9, 5, 7], [3, 8, 6]])
+    scores = np.array([[0.5, 0.5, 0.9], [0.5, 0.1, 0.9]], dtype=np.float32)
+    assert _ids(merge(ids, scores, top_k=10)) == [6, 7, 3, 5, 9, 8]
+
+
+def test_exclude_removes_items_before_the_cut() -> None:
+    ids = np.array([[1, 2, 3, 4]])
+    scores = np.array([[4.0, 3.0, 2.0, 1.0]], dtype=np.float32)
+    assert _ids(merge(ids, scores, top_k=2, exclude=[1, 3])) == [2, 4]
+    assert _ids(merge(ids, scores, top_k=2, exclude=iter([2]))) == [1, 3]  # any iterable
+
+
+def test_n_interests_uses_only_the_first_rows() -> None:
+    ids = np.array([[1, 2], [3, 4], [5, 6]])
+    scores = np.array([[0.1, 0.0], [0.9, 0.8], [1.0, 1.0]], dtype=np.float32)
+    assert _ids(merge(ids, scores, top_k=10, n_interests=2)) == [3, 4, 1, 2]
+    assert _ids(merge(ids, scores, top_k=10, n_interests=1)) == [1, 2]
+    assert _ids(merge(ids, scores, top_k=10, n_interests=99)) == [5, 6, 3, 4, 1, 2]
+    assert merge(ids, scores, top_k=10, n_interests=0) == []
+
+
+def test_padding_minus_one_is_ignored() -> None:
+    ids = np.array([[4, -1, -1], [2, 4, -1]])
+    scores = np.array([[0.3, 9.0, 9.0], [0.5, 0.1, -np.inf]], dtype=np.float32)
+    out = merge(ids, scores, top_k=5)
+    assert _ids(out) == [2, 4]
+    assert out[1].score == pytest.approx(0.3) and out[1].interest == 0
+
+
+def test_top_k_cut_and_non_positive_top_k() -> None:
+    ids = np.arange(1, 21).reshape(2, 10)
+    scores = np.linspace(1.0, 0.0, 20, dtype=np.float32).reshape(2, 10)
+    out = merge(ids, scores, top_k=7)
+    assert _ids(out) == list(range(1, 8))
+    assert merge(ids, scores, top_k=0) == []
+
+
+def test_shape_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        merge(np.array([[1, 2]]), np.array([[0.1]]), top_k=2)
+    with pytest.raises(ValueError):
+        merge(np.array([1, 2]), np.array([0.1, 0.2]), top_k=2)
