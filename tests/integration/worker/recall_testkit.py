@@ -1,0 +1,119 @@
+"""Shared set-up for the recall-path integration tests: ONE small MIND model trained on synth data
+and exported per test session (cached under pytest's session temp dir), plus the reference
+(evaluation-path) recall used to check the service's answers."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.data import pad_histories, read_train
+from model.evaluation import exact_search
+from model.merge import merge
+
+TRAIN_OVERRIDES = [
+    "runner.epochs=1",
+    "runner.batches_per_epoch=80",
+    "runner.progress=false",
+    "hyper_parameters.neg_samples=100",
+    "hyper_parameters.embedding_dim=16",
+    "hyper_parameters.hidden_size=16",
+]
+
+
+def build_export(base: Path) -> Path:
+    """Synth data (400 users, 600 items) -> 80 training batches -> export; reused within a session."""
+    out = base / "recall-export"
+    if (out / "export" / "manifest.json").is_file():
+        return out
+    from mind_recall.settings import load
+    from model.export import export_checkpoint
+    from model.synth import write_dataset
+    from model.trainer import train
+
+    write_dataset(out / "data", users=400, items=600, seed=7)
+    s = load(
+        None,
+        overrides=[
+            f"runner.train_data_dir={out / 'data' / 'train'}",
+            f"runner.test_data_dir={out / 'data' / 'valid'}",
+            f"runner.model_save_path={out / 'ckpt'}",
+            *TRAIN_OVERRIDES,
+        ],
+        env={},
+    )
+    train(s)
+    export_checkpoint(s, out / "export")
+    return out
+
+
+def train_histories(base: Path) -> dict[int, np.ndarray]:
+    return dict(read_train(base / "data" / "train"))
+
+
+class Reference:
+    """The evaluation path: tower + exact BLAS search + merge, one user at a time."""
+
+    def __init__(self, export_dir: Path) -> None:
+        from model.tower import UserTower
+
+        self.tower = UserTower.load(export_dir)
+        with np.load(export_dir / "items.npz") as z:
+            self.ids, self.vecs = z["ids"].astype(np.int64), z["vectors"].astype(np.float32)
+        self.table = np.zeros((int(self.ids.max()) + 1, self.vecs.shape[1]), np.float32)
+        self.table[self.ids] = self.vecs
+        self.search = exact_search(self.ids, self.vecs)
+        self.popular = np.load(export_dir / "popular.npy")
+
+    def recall(self, hist: np.ndarray, top_k: int, exclude_seen: bool) -> list[tuple[int, float]]:
+        h, length = pad_histories([np.asarray(hist)], self.tower.maxlen)
+        interests, n = self.tower.encode(self.table[h], length)
+        k = int(n[0])
+        extra = np.unique(hist).size if exclude_seen else 0
+        ids, scores = self.search(interests[0, :k], top_k + extra)
+        got = merge(ids, scores, top_k, k, exclude=hist if exclude_seen else ())
+        return [(c.item_id, c.score) for c in got]
+
+
+def same_ranking(got: list[dict[str, Any]], want: list[tuple[int, float]], tol: float = 1e-4) -> bool:
+    """Same ids in the same order up to score ties: position-wise scores agree within ``tol`` and the
+    id sets differ only by items tied with the last (cut-off) score."""
+    if len(got) != len(want):
+        return False
+    if any(abs(g["score"] - w[1]) > tol for g, w in zip(got, want, strict=True)):
+        return False
+    cut = want[-1][1] if want else 0.0
+    differ = {g["item_id"] for g in got} ^ {w[0] for w in want}
+    scores = {g["item_id"]: g["score"] for g in got} | {w[0]: w[1] for w in want}
+    return all(abs(scores[i] - cut) <= tol for i in differ)
+
+
+def read_topic(settings: Any, topic: str, want: int, timeout_s: float = 30.0, match: Any = None) -> list[Any]:
+    """Read records of ``topic`` from the beginning until ``want`` match (or the timeout)."""
+    from worker import kafka_io
+
+    c = kafka_io.make_consumer(settings, None, None)
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        deadline = time.monotonic() + timeout_s
+        while not parts and time.monotonic() < deadline:
+            time.sleep(0.2)
+            parts = c.partitions_for_topic(topic) or set()
+        tps = [kafka_io.TopicPartition(topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        out: list[Any] = []
+        while len(out) < want and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=200).values():
+                out.extend(r for r in recs if match is None or match(r))
+        return out
+    finally:
+        c.close()
+
+
+def results_by_id(records: list[Any]) -> dict[str, dict[str, Any]]:
+    return {b["request_id"]: b for b in (json.loads(r.value) for r in records)}

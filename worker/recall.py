@@ -1,0 +1,297 @@
+"""The recall engine: histories -> item vectors -> ONE tower forward -> ONE search -> merge.
+
+Pure orchestration over three collaborators, so the streaming worker, the HTTP API and the
+benchmarks share it and unit tests can use fakes:
+- a tower (model.tower.UserTower): ``encode(hist_vectors [B,L,D], lengths [B]) -> (interests [B,K,D], n [B])``
+- ``search(queries [n,D], topn) -> (ids [n,topn] (-1 pad), scores)``: ItemStore.search bound to the
+  tower's model-version collection, or model.evaluation.exact_search
+- an item lookup (worker.items.ItemCache or :class:`ArrayItems`): ``lookup(ids)``, ``is_live(ids)``
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from model.merge import Candidate, merge
+
+log = logging.getLogger(__name__)
+
+SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+MAX_SEARCH_TOPN = 16384  # Milvus' topk limit
+SEARCH_MARGIN = 2  # extra hits per interest on the first try (a retry covers what filtering removes)
+DEAD_MARGIN = 16  # extra popular items looked at for a cold-start list
+
+
+class Tower(Protocol):
+    model_version: str
+    dim: int
+    k: int
+    maxlen: int
+
+    def encode(self, hist_vectors: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class ItemLookup(Protocol):
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def is_live(self, ids: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Query:
+    user_id: int
+    top_k: int
+    history: np.ndarray | None  # int64 item ids, oldest first; None or empty: cold start
+
+
+@dataclass(frozen=True)
+class Recall:
+    items: list[Candidate]
+    source: str  # "mind" | "cold_start"
+    n_interests: int
+
+
+class ArrayItems:
+    """Item vectors held in sorted numpy arrays (an export's items.npz); every known id is live."""
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, model_version: str = "") -> None:
+        order = np.argsort(ids, kind="stable")
+        self.ids = np.asarray(ids, dtype=np.int64)[order]
+        self.vectors = np.ascontiguousarray(vectors[order], dtype=np.float32)
+        self.model_version = model_version
+        self.dim = int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def _find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.clip(np.searchsorted(self.ids, ids), 0, max(self.ids.size - 1, 0))
+        found = (self.ids[pos] == ids) if self.ids.size else np.zeros(ids.shape, dtype=bool)
+        return pos, found
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos, found = self._find(ids)
+        vecs = self.vectors[pos] if self.ids.size else np.zeros((*pos.shape, self.dim), np.float32)
+        vecs[~found] = 0.0
+        return vecs, found
+
+    def is_live(self, ids: np.ndarray) -> np.ndarray:
+        return self._find(ids)[1]
+
+
+class RecallEngine:
+    """Batched recall for a list of queries; results are in query order and all of one model version."""
+
+    def __init__(
+        self,
+        tower: Tower,
+        search: SearchFn,
+        items: ItemLookup,
+        popular: np.ndarray,
+        *,
+        exclude_seen: bool = True,
+        metrics: Any = None,
+    ) -> None:
+        items_version = getattr(items, "model_version", "")
+        if items_version and items_version != tower.model_version:
+            raise ValueError(f"item vectors are of model version {items_version!r}, the tower {tower.model_version!r}")
+        self.tower, self.search, self.items = tower, search, items
+        self.popular = np.asarray(popular, dtype=np.int64)
+        self.exclude_seen = exclude_seen
+        self.metrics = metrics
+        self.stage_s: dict[str, float] = {}  # last batch, for benchmarks and logs
+        self.retried = 0  # users searched a second time (see _search_and_merge)
+
+    @property
+    def model_version(self) -> str:
+        return self.tower.model_version
+
+    def _stage(self, name: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        self.stage_s[name] = t1 - t0
+        if self.metrics is not None:
+            self.metrics.recall_stage.labels(stage=name).observe(t1 - t0)
+        return t1
+
+    def recall(self, queries: Sequence[Query]) -> list[Recall]:
+        self.stage_s = {}
+        out: list[Recall | None] = [None] * len(queries)
+        if not queries:
+            return []
+        t = time.perf_counter()
+        L, D = self.tower.maxlen, self.tower.dim
+        # 1. history ids -> vectors in ONE lookup; unknown ids are dropped, the last L known kept.
+        hists = [np.asarray(q.history if q.history is not None else (), dtype=np.int64) for q in queries]
+        sizes = np.array([h.size for h in hists])
+        flat = np.concatenate(hists) if sizes.sum() else np.zeros(0, np.int64)
+        vecs, found = self.items.lookup(flat) if flat.size else (np.zeros((0, D), np.float32), np.zeros(0, bool))
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        usable: list[int] = []
+        hv_rows: list[np.ndarray] = []
+        for i in range(len(queries)):
+            f = found[bounds[i] : bounds[i + 1]]
+            v = vecs[bounds[i] : bounds[i + 1]][f][-L:]
+            if v.shape[0]:
+                usable.append(i)
+                hv_rows.append(v)
+        t = self._stage("history", t)
+        if usable:
+            hv = np.zeros((len(usable), L, D), dtype=np.float32)
+            lengths = np.zeros(len(usable), dtype=np.int64)
+            for r, v in enumerate(hv_rows):
+                hv[r, : v.shape[0]] = v
+                lengths[r] = v.shape[0]
+            # 2. ONE forward for the batch.
+            interests, n_int = self.tower.encode(hv, lengths)
+            K = interests.shape[1]
+            n_int = np.clip(np.asarray(n_int, dtype=np.int64), 1, K)
+            t = self._stage("encode", t)
+            # 3+4. ONE search for every used interest of every user, then the per-user merge (the same
+            # function evaluation uses); see _search_and_merge for how exactness is kept.
+            self._search_and_merge(queries, usable, hists, interests, n_int, out)
+        for i, q in enumerate(queries):
+            if out[i] is None:
+                out[i] = Recall(self.cold_start(q.top_k, hists[i]), "cold_start", 0)
+        return [r for r in out if r is not None]
+
+    def _search_and_merge(
+        self,
+        queries: Sequence[Query],
+        usable: list[int],
+        hists: list[np.ndarray],
+        interests: np.ndarray,
+        n_int: np.ndarray,
+        out: list[Recall | None],
+    ) -> None:
+        """Search top-N per interest and merge, exactly: a merged list is exact when it holds top_k
+        items and its last score is >= the last score of every interest list that came back full
+        (anything a list missed scores no higher than that). Excluded (seen) and dead ids can break
+        this; those users, and only those, are searched again with a larger N in one more call.
+        So N starts near top_k (Milvus Lite's cost grows with queries x N) and stays exact."""
+        b, K, D = interests.shape
+        start = np.r_[0, np.cumsum(n_int)]
+        rows = np.concatenate([np.arange(int(n)) + r * K for r, n in enumerate(n_int)])
+        qvecs = np.ascontiguousarray(interests.reshape(b * K, D)[rows])
+        seen = [np.unique(hists[i]).size if self.exclude_seen else 0 for i in usable]
+        topn = min(
+            max(queries[i].top_k + (sn + 3) // 4 for i, sn in zip(usable, seen, strict=True)) + SEARCH_MARGIN,
+            MAX_SEARCH_TOPN,
+        )
+        todo = list(range(len(usable)))
+        search_s = merge_s = 0.0
+        while todo:
+            t0 = time.perf_counter()
+            sel = np.concatenate([np.arange(start[r], start[r + 1]) for r in todo])
+            raw_ids, scores = self.search(qvecs[sel], topn)
+            raw_ids = np.asarray(raw_ids, dtype=np.int64)
+            scores = np.asarray(scores, dtype=np.float32)
+            ids = raw_ids.copy()
+            dead = (ids >= 0) & ~self.items.is_live(np.maximum(ids, 0))
+            ids[dead] = -1  # e.g. deleted items a server still returns until a flush
+            t1 = time.perf_counter()
+            search_s += t1 - t0
+            retry: list[int] = []
+            off = 0
+            for r in todo:
+                n, i = int(n_int[r]), usable[r]
+                q = queries[i]
+                sub = slice(off, off + n)
+                off += n
+                items = merge(ids[sub], scores[sub], q.top_k, n, exclude=hists[i] if self.exclude_seen else ())
+                full = raw_ids[sub, -1] >= 0
+                exact = not full.any() or (
+                    len(items) == q.top_k and items[-1].score >= float(scores[sub][full, -1].max())
+                )
+                if exact or topn >= MAX_SEARCH_TOPN:
+                    out[i] = Recall(items, "mind", n)
+                else:
+                    retry.append(r)
+            merge_s += time.perf_counter() - t1
+            self.retried += len(retry)
+            todo = retry
+            topn = min(2 * topn + max((seen[r] for r in retry), default=0), MAX_SEARCH_TOPN)
+        for name, secs in (("search", search_s), ("merge", merge_s)):
+            self.stage_s[name] = secs
+            if self.metrics is not None:
+                self.metrics.recall_stage.labels(stage=name).observe(secs)
+
+    def cold_start(self, top_k: int, seen: np.ndarray) -> list[Candidate]:
+        """Popular live items (minus seen ones when exclude_seen); score 0, interest -1."""
+        pop = self.popular[: top_k + (seen.size if self.exclude_seen else 0) + DEAD_MARGIN * 4]
+        keep = self.items.is_live(pop) if pop.size else np.zeros(0, bool)
+        if self.exclude_seen and seen.size:
+            keep &= ~np.isin(pop, seen)
+        return [Candidate(int(i), 0.0, -1) for i in pop[keep][:top_k]]
+
+
+def load_export_items(export_dir: str | Path) -> ArrayItems:
+    """The export's items.npz as an :class:`ArrayItems` (the stand-in for worker.items.ItemCache)."""
+    import json
+
+    d = Path(export_dir)
+    version = json.loads((d / "manifest.json").read_text())["model_version"]
+    with np.load(d / "items.npz") as z:
+        return ArrayItems(z["ids"], z["vectors"], version)
+
+
+def load_popular(export_dir: str | Path) -> np.ndarray:
+    try:
+        from model.tower import load_popular as _load
+    except ImportError:  # model/tower.py not there yet: the file format is fixed by the contract
+        return np.load(Path(export_dir) / "popular.npy").astype(np.int64)
+    return np.asarray(_load(export_dir), dtype=np.int64)
+
+
+def store_search(store: Any, collection: str) -> SearchFn:
+    """ItemStore.search pinned to one collection, so results never mix model versions."""
+
+    def search(queries: np.ndarray, topn: int) -> tuple[np.ndarray, np.ndarray]:
+        return store.search(queries, topn, collection=collection)  # type: ignore[no-any-return]
+
+    return search
+
+
+def load_into_store(store: Any, export_dir: str | Path, set_alias: bool = True, chunk: int = 20000) -> tuple[str, int]:
+    """Upsert an export's item vectors into its model version's collection; returns (collection, rows).
+
+    Skipped when that collection already holds exactly the export's row count: the version is a content
+    hash, so the rows are the same (and on Milvus Lite an upsert of existing rows doubles what every
+    search must filter)."""
+    items = load_export_items(export_dir)
+    coll = store.collection_name(items.model_version)
+    exists = coll in store.list_collections()
+    coll = store.ensure_collection(items.model_version, items.dim)
+    if not exists or store.count(coll) != len(items):
+        now = np.full(chunk, int(time.time() * 1000), dtype=np.int64)
+        for s in range(0, len(items), chunk):
+            ids = items.ids[s : s + chunk]
+            store.upsert(coll, ids, items.vectors[s : s + chunk], now[: ids.size])
+    if set_alias:
+        store.set_alias(coll)
+    return coll, len(items)
+
+
+class PerRequestEngine(RecallEngine):
+    """The original service's path, kept as the benchmark baseline: per request one tower forward
+    and one search call per interest (no batching at all). Same answers as :class:`RecallEngine`."""
+
+    def recall(self, queries: Sequence[Query]) -> list[Recall]:
+        batched = self.search
+
+        def per_interest(qs: np.ndarray, topn: int) -> tuple[np.ndarray, np.ndarray]:
+            parts = [batched(qs[i : i + 1], topn) for i in range(qs.shape[0])]  # K separate calls
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+        self.search = per_interest
+        try:
+            return [r for q in queries for r in RecallEngine.recall(self, [q])]
+        finally:
+            self.search = batched

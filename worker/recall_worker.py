@@ -1,0 +1,405 @@
+"""The streaming recall worker: clicks -> history, recall requests -> micro-batches -> results.
+
+One consumer group subscribes to clicks and recall-requests (co-partitioned by user_id; the
+range assignor gives a member the same partition numbers of both). Per micro-batch:
+records in arrival order (a click updates the in-memory history before a later request reads it),
+ONE engine call for all requests, then changelog + results + dead letters are produced, the
+producer is flushed, and only then are the offsets committed (at-least-once; results carry the
+request_id so consumers can dedupe).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mind_recall.settings import Settings
+from worker import kafka_io
+from worker.history import HistoryState, restore
+from worker.kafka_io import DeadLetter, TopicPartition
+from worker.recall import Query, RecallEngine
+from worker.requests import (
+    Limits,
+    RecallRequest,
+    RequestError,
+    decode_click,
+    decode_request,
+    encode_error,
+    encode_result,
+    user_key,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class OutageError(RuntimeError):
+    """Kafka or Milvus stayed unavailable past worker.outage_limit_s: exit for the orchestrator to restart."""
+
+
+@dataclass
+class _Pending:
+    """One result to produce: (request_id, user_id, request_ts) plus where it came from."""
+
+    request_id: str
+    user_id: int
+    request_ts: int
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RecallWorker:
+    def __init__(self, settings: Settings, engine: RecallEngine, metrics: Any = None) -> None:
+        self.s = settings
+        self.engine = engine
+        self.metrics = metrics
+        self.limits = Limits.of(settings)
+        self.state = HistoryState(maxlen=settings.hyper_parameters.maxlen)
+        self.stop_event = threading.Event()
+        self._generation = 0
+        self._pending_restore: set[int] = set()
+        self._revoked_state: set[int] = set()
+        self._assigned: set[TopicPartition] = set()
+        self._nearline_last: dict[int, float] = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self._last_lag = 0.0
+        self.ready = threading.Event()  # set once partitions are assigned and restored
+        self.batches = 0
+        t = settings.topics
+        self.topics = (t.clicks, t.recall_requests)
+        self.consumer: Any = None
+        self.restore_consumer: Any = None
+        self.producer: Any = None
+
+    # -- setup -----------------------------------------------------------------------------------
+    def ensure_topics(self) -> None:
+        t = self.s.topics
+        kafka_io.ensure_topics(
+            self.s,
+            {
+                t.clicks: t.partitions,
+                t.recall_requests: t.partitions,
+                t.history_changelog: t.partitions,
+                t.recall_results: t.partitions,
+                t.dlq: 1,
+            },
+            configs={t.history_changelog: {"cleanup.policy": "compact"}},
+        )
+
+    def open(self) -> None:
+        self.ensure_topics()
+        w = self.s.worker
+        self.producer = kafka_io.make_producer(self.s)
+        self.restore_consumer = kafka_io.make_consumer(self.s, None, None)
+        self.consumer = kafka_io.make_consumer(
+            self.s,
+            None,
+            w.group_id,
+            max_poll_records=w.batch_max,
+            session_timeout_ms=w.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, w.session_timeout_ms // 5),
+        )
+        kafka_io.subscribe_with_listener(self.consumer, self.topics, self._on_assigned, self._on_revoked)
+
+    def close(self) -> None:
+        for c in (self.consumer, self.restore_consumer):
+            if c is not None:
+                try:
+                    c.close()
+                except Exception as e:
+                    log.warning("closing a consumer: %s", e)
+        if self.producer is not None:
+            self.producer.close()
+
+    # -- rebalance (runs inside poll: memory only, the restore itself happens in the loop) ----------
+    def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Eager rebalancing revokes everything and then assigns: keep the state of revoked partitions
+        # until the assignment says whether they come back (no member owns them in between).
+        self._generation += 1
+        self._revoked_state |= {tp.partition for tp in revoked if tp.topic == self.s.topics.clicks}
+        self._assigned -= set(revoked)
+        log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
+
+    def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._generation += 1
+        self._assigned |= set(assigned)
+        clicks = {tp.partition for tp in assigned if tp.topic == self.s.topics.clicks}
+        gone = self._revoked_state - clicks
+        self.state.drop_partitions(gone)
+        self._pending_restore -= gone
+        self._revoked_state.clear()
+        self._pending_restore |= clicks - self.state.partitions()
+        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+    def _restore_pending(self) -> None:
+        if not self._pending_restore:
+            return
+        parts = sorted(self._pending_restore)
+        t0 = time.perf_counter()
+        n = self._retry(
+            lambda: restore(self.restore_consumer, self.s.topics.history_changelog, parts, self.state),
+            "history restore",
+        )
+        self._pending_restore.clear()
+        log.info(
+            "restored %d changelog records for partitions %s in %.2fs (%d users)",
+            n,
+            parts,
+            time.perf_counter() - t0,
+            self.state.users(),
+        )
+
+    # -- loop ------------------------------------------------------------------------------------
+    def run(self, max_seconds: float | None = None) -> None:
+        """Serve until stop() (or max_seconds); raises OutageError after a long outage."""
+        if self.consumer is None:
+            self.open()
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        try:
+            while not self.stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
+                batch = self._collect()
+                if self._assigned and not self._pending_restore:
+                    self.ready.set()
+                if batch:
+                    self._process(batch)
+                self._update_lag()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def owned_partitions(self) -> set[int]:
+        """Clicks partitions this member owns with their history restored (for health checks and tests)."""
+        clicks = {tp.partition for tp in self._assigned if tp.topic == self.s.topics.clicks}
+        return clicks - self._pending_restore
+
+    def _collect(self) -> list[Any]:
+        """Records of one micro-batch: up to batch_max, or what arrived within batch_ms of the first."""
+        w = self.s.worker
+        batch: list[Any] = []
+        first = 0.0
+        gen = self._generation
+        while not self.stop_event.is_set():
+            if batch:
+                left_ms = w.batch_ms - (time.monotonic() - first) * 1000
+                if left_ms <= 0 or len(batch) >= w.batch_max:
+                    break
+                timeout = max(0, int(left_ms))
+            else:
+                timeout = 100
+            polled = self.consumer.poll(timeout_ms=timeout, max_records=w.batch_max - len(batch))
+            if self._generation != gen:
+                # A rebalance ran inside poll: records gathered before it may belong to partitions now
+                # owned by another member. Drop them and rewind the ones still ours.
+                self._rewind(batch)
+                batch, gen, first = [], self._generation, 0.0
+            self._restore_pending()
+            for recs in polled.values():
+                batch.extend(recs)
+            if not batch:
+                return []
+            if not first:
+                first = time.monotonic()
+        return batch
+
+    def _rewind(self, records: list[Any]) -> None:
+        low: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            low[tp] = min(low.get(tp, r.offset), r.offset)
+        for tp, off in low.items():
+            if tp in self._assigned:
+                self.consumer.seek(tp, off)
+
+    def _process(self, batch: list[Any]) -> None:
+        m, t = self.metrics, self.s.topics
+        t0 = time.perf_counter()
+        offsets: dict[TopicPartition, int] = {}
+        queries: list[Query] = []
+        pending: list[_Pending] = []
+        errors: list[RequestError] = []
+        dead: list[tuple[str, DeadLetter]] = []
+        for r in batch:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+            if r.topic == t.clicks:
+                c = decode_click(r, self.limits.max_record_bytes)
+                if isinstance(c, DeadLetter):
+                    dead.append(("clicks", c))
+                    continue
+                if self.state.apply(r.partition, r.offset, c) and m is not None:
+                    m.clicks.inc()
+                if self.s.worker.nearline and self._nearline_due(c.user_id):
+                    queries.append(Query(c.user_id, self.s.worker.default_top_k, self.state.get(c.user_id)))
+                    pending.append(_Pending(f"nearline:{c.user_id}:{r.partition}:{r.offset}", c.user_id, c.ts))
+            else:
+                q = decode_request(r, self.limits)
+                if isinstance(q, DeadLetter):
+                    dead.append(("recall_requests", q))
+                elif isinstance(q, RequestError):
+                    errors.append(q)
+                else:
+                    queries.append(self._query(q))
+                    pending.append(_Pending(q.request_id, q.user_id, q.ts))
+        t1 = self._stage("decode", t0)
+        if m is not None and queries:
+            m.recall_batch_size.observe(len(queries))
+        results = self._retry(lambda: self.engine.recall(queries), "recall") if queries else []
+        t1 = time.perf_counter()
+        version = self.engine.model_version
+        produced = now_ms()
+        sends: list[tuple[str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None]] = []
+        for p, key, value in self.state.drain_dirty():
+            sends.append((t.history_changelog, key, value, p, None))
+        for pend, res in zip(pending, results, strict=True):
+            sends.append(
+                (
+                    t.recall_results,
+                    user_key(pend.user_id),
+                    encode_result(
+                        pend.request_id,
+                        pend.user_id,
+                        res.items,
+                        version,
+                        res.n_interests,
+                        res.source,
+                        pend.request_ts,
+                        produced,
+                    ),
+                    None,
+                    None,
+                )
+            )
+        for err in errors:
+            key = user_key(err.user_id) if err.user_id is not None else None
+            sends.append((t.recall_results, key, encode_error(err, version, produced), None, None))
+        for _, d in dead:
+            sends.append((t.dlq, d.key, d.value, None, d.headers()))
+        self._retry(lambda: self._send_all(sends), "publish")
+        t1 = self._stage("publish", t1)
+        try:
+            kafka_io.commit_offsets(self.consumer, offsets)
+            self._positions.update(offsets)
+        except kafka_io.KafkaError as e:  # e.g. rebalanced meanwhile: the new owner redoes these (at-least-once)
+            log.warning("offset commit failed, records will be redelivered: %s", e)
+        self._stage("commit", t1)
+        self.batches += 1
+        if m is not None:
+            done = now_ms()
+            for pend, res in zip(pending, results, strict=True):
+                m.recall_latency.observe(max(0, done - pend.request_ts) / 1000)
+                m.recall_requests.labels(outcome="ok" if res.source == "mind" else "cold_start").inc()
+            if errors:
+                m.recall_requests.labels(outcome="error").inc(len(errors))
+            for role, d in dead:
+                m.dead_letter(role, d.error_class)
+                if role == "recall_requests":
+                    m.recall_requests.labels(outcome="dead_letter").inc()
+
+    def _query(self, q: RecallRequest) -> Query:
+        return Query(q.user_id, q.top_k, q.hist_item if q.hist_item is not None else self.state.get(q.user_id))
+
+    def _nearline_due(self, user_id: int) -> bool:
+        now = time.monotonic()
+        gap = self.s.worker.nearline_min_interval_s
+        last = self._nearline_last.get(user_id)
+        if last is not None and now - last < gap:
+            return False
+        if len(self._nearline_last) > 100_000:  # bounded: forget users outside the window
+            self._nearline_last = {u: ts for u, ts in self._nearline_last.items() if now - ts < gap}
+        self._nearline_last[user_id] = now
+        return True
+
+    def _send_all(self, sends: list[tuple[str, bytes | None, bytes | None, int | None, Any]]) -> None:
+        futures = [(s, self.producer.send(s[0], key=s[1], value=s[2], partition=s[3], headers=s[4])) for s in sends]
+        self.producer.flush()
+        failed = [(s, f) for s, f in futures if f.failed()]
+        if failed:
+            sends[:] = [s for s, _ in failed]  # only these are retried
+            raise kafka_io.KafkaError(f"{len(failed)} of {len(futures)} sends failed: {failed[0][1].exception}")
+
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        """Retry with backoff while the outage lasts less than worker.outage_limit_s (never drop)."""
+        w = self.s.worker
+        start = time.monotonic()
+        backoff = w.retry_backoff_s
+        while True:
+            try:
+                return fn()
+            except (kafka_io.KafkaError, RuntimeError, OSError, TimeoutError) as e:
+                if isinstance(e, OutageError) or time.monotonic() - start > w.outage_limit_s:
+                    raise OutageError(f"{what} failing for {time.monotonic() - start:.0f}s: {e}") from e
+                log.warning("%s failed (%s); retrying in %.1fs", what, e, backoff)
+                if self.stop_event.wait(backoff):
+                    raise
+                backoff = min(backoff * 2, 10.0)
+
+    def _stage(self, name: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.recall_stage.labels(stage=name).observe(t1 - t0)
+        return t1
+
+    def _update_lag(self) -> None:
+        if self.metrics is None or time.monotonic() - self._last_lag < 2.0:
+            return
+        self._last_lag = time.monotonic()
+        lag: dict[str, int] = {topic: 0 for topic in self.topics}
+        for tp in list(self._assigned):
+            hw = self.consumer.highwater(tp)
+            pos = self._positions.get(tp)
+            if hw is not None and pos is not None:
+                lag[tp.topic] += max(0, hw - pos)
+        for topic, n in lag.items():
+            self.metrics.consumer_lag.labels(topic=topic).set(n)
+
+
+def build_engine(
+    settings: Settings,
+    export_dir: str | Path,
+    *,
+    store: Any = None,
+    items: Any = None,
+    metrics: Any = None,
+    load_items: bool = False,
+) -> tuple[RecallEngine, Any, Any]:
+    """Tower + item lookup + Milvus search for one export; returns (engine, store, item follower or None)."""
+    from model.tower import UserTower
+    from worker.recall import load_export_items, load_into_store, load_popular, store_search
+
+    tower = UserTower.load(str(export_dir), use_gpu=settings.runner.use_gpu)
+    follower = None
+    if items is None:
+        try:
+            from worker.items import start_item_cache
+        except ImportError:
+            items = load_export_items(export_dir)
+        else:
+            items, follower = start_item_cache(settings, str(export_dir), metrics)
+    if store is None:
+        from worker.store import ItemStore
+
+        store = ItemStore(settings.milvus, metrics)
+    coll = store.collection_name(tower.model_version)
+    if load_items:
+        coll, n = load_into_store(store, export_dir)
+        log.info("loaded %d item vectors into %s", n, coll)
+    if metrics is not None:
+        metrics.model_info.info({"model_version": tower.model_version})
+    engine = RecallEngine(
+        tower,
+        store_search(store, coll),
+        items,
+        load_popular(export_dir)[: settings.worker.cold_start_size * 4],
+        exclude_seen=settings.worker.exclude_seen,
+        metrics=metrics,
+    )
+    return engine, store, follower
