@@ -82,7 +82,8 @@ def committed(s: Settings, topic: str) -> int:
 def spawn_worker(s: Settings, export: Path, work: Path, name: str, per_request: bool) -> tuple[Any, Path]:
     # --load-items fills the Lite file once (skipped when the collection already holds the export);
     # the bench process cannot do it itself: Lite's lock stays with the process that opened the file.
-    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--export", str(export), "--load-items"]
+    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--roles", "recall",
+            "--export", str(export), "--load-items"]
     if per_request:
         args.append("--per-request")
     over = {

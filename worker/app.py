@@ -29,14 +29,18 @@ class App:
     settings: Settings
     roles: tuple[str, ...] = ROLES
     export_dir: str | None = None
+    load_items: bool = False  # upsert the export's vectors into Milvus at start (demos, a fresh Lite file)
+    per_request: bool = False  # benchmark baseline: one forward and K searches per request
     metrics: metrics_mod.Metrics | None = None
     metrics_port: int | None = None
     http_port: int | None = None
     errors: list[str] = field(default_factory=list)
+    exit_code: int = 0
     _threads: list[threading.Thread] = field(default_factory=list)
     _stoppers: list[Callable[[], None]] = field(default_factory=list)
     _closers: list[Callable[[], None]] = field(default_factory=list)
     recall_worker: Any = None
+    items: Any = None  # the live item cache, shared with the HTTP API when both roles run here
     item_writer: Any = None
     store: Any = None
 
@@ -60,9 +64,16 @@ class App:
         if "recall" in self.roles:
             from worker.recall_worker import RecallWorker, build_engine
 
-            engine, _, follower = build_engine(s, export_dir, store=self.store, metrics=self.metrics)
+            engine, _, follower = build_engine(
+                s, export_dir, store=self.store, metrics=self.metrics, load_items=self.load_items
+            )
             if follower is not None:
                 self._closers.append(follower.stop)
+            self.items = engine.items
+            if self.per_request:
+                from worker.recall import PerRequestEngine
+
+                engine.__class__ = PerRequestEngine  # same state, the unbatched baseline's recall()
             self.recall_worker = RecallWorker(s, engine, self.metrics)
             self._spawn("recall-worker", self.recall_worker.run)
             self._stoppers.append(self.recall_worker.stop)
@@ -78,7 +89,10 @@ class App:
 
         from worker.http_api import create_app, make_service
 
-        service = make_service(self.settings, store=self.store, metrics=self.metrics, export_dir=export_dir)
+        service = make_service(
+            self.settings, store=self.store, metrics=self.metrics, export_dir=export_dir, items=self.items,
+            load_items=self.load_items and "recall" not in self.roles,
+        )
         app = create_app(self.settings, service)
         server = uvicorn.Server(
             uvicorn.Config(app, host=self.settings.http.host, port=self.settings.http.port, log_level="warning")
@@ -95,29 +109,43 @@ class App:
 
     def _spawn(self, name: str, target: Callable[[], Any]) -> None:
         def run() -> None:
+            from worker.recall_worker import OutageError
+
             try:
                 code = target()
                 if isinstance(code, int) and code != 0:
-                    self.errors.append(f"{name} exited with code {code}")
+                    self._fail(f"{name} exited with code {code}", code)
+            except OutageError as e:  # past worker.outage_limit_s: exit for the orchestrator, nothing lost
+                self._fail(f"{name}: {e}", 3)
             except Exception as e:  # a role that dies must be visible, not silent
                 log.exception("%s failed", name)
-                self.errors.append(f"{name}: {type(e).__name__}: {e}")
+                self._fail(f"{name}: {type(e).__name__}: {e}", 1)
 
         t = threading.Thread(target=run, name=name, daemon=True)
         t.start()
         self._threads.append(t)
 
+    def _fail(self, message: str, code: int) -> None:
+        log.error("%s", message)
+        self.errors.append(message)
+        self.exit_code = self.exit_code or code
+
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads)
 
-    def wait(self) -> None:
-        """Block until a role stops (or a signal calls stop())."""
-        while self.alive():
+    def wait(self, max_seconds: float | None = None) -> None:
+        """Block until a role stops (a crash, or stop() from a signal) or ``max_seconds`` pass."""
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        while self.alive() and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.2)
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop_roles(self) -> None:
+        """Ask every role to finish its current batch and return (safe from a signal handler)."""
         for stop in self._stoppers:
             stop()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.stop_roles()
         deadline = time.monotonic() + timeout_s
         for t in self._threads:
             t.join(max(0.1, deadline - time.monotonic()))

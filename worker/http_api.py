@@ -22,7 +22,6 @@ from pydantic import BaseModel, Field, StrictInt
 
 from mind_recall.settings import Settings
 from worker.recall import (
-    ArrayItems,
     Query,
     RecallEngine,
     load_export_items,
@@ -51,8 +50,9 @@ class CollectionBody(BaseModel):
 class RecallService:
     """The store plus a swappable engine (an insert of another export switches the served version)."""
 
-    def __init__(self, settings: Settings, store: Any, metrics: Any = None) -> None:
+    def __init__(self, settings: Settings, store: Any, metrics: Any = None, items: Any = None) -> None:
         self.s, self.store, self.metrics = settings, store, metrics
+        self.live_items = items  # the worker's live ItemCache when it runs in this process
         self.engine: RecallEngine | None = None
         self.collection: str | None = None
         self.lock = threading.Lock()  # the tower predictor and the Lite client are not shared across threads
@@ -64,7 +64,9 @@ class RecallService:
         if not (export_dir / "manifest.json").is_file():
             raise FileNotFoundError(f"no export at {export_dir} (manifest.json missing)")
         tower = UserTower.load(export_dir, use_gpu=self.s.runner.use_gpu)
-        items: ArrayItems = load_export_items(export_dir)
+        items: Any = self.live_items
+        if items is None or getattr(items, "model_version", None) != tower.model_version:
+            items = load_export_items(export_dir)  # no live cache of this version here: the export's vectors
         with self.lock:
             coll = self.store.collection_name(tower.model_version)
             rows = None
@@ -253,13 +255,14 @@ def make_service(
     metrics: Any = None,
     load_items: bool = False,
     export_dir: str | None = None,
+    items: Any = None,
 ) -> RecallService:
     """The service with the export at ``export_dir`` (default worker.export_dir) loaded if it exists."""
     if store is None:
         from worker.store import ItemStore
 
         store = ItemStore(settings.milvus, metrics)
-    service = RecallService(settings, store, metrics)
+    service = RecallService(settings, store, metrics, items=items)
     d = Path(export_dir or settings.worker.export_dir)
     if (d / "manifest.json").is_file():
         info = service.load_export(d, insert=load_items)

@@ -7,6 +7,7 @@ in headers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -111,10 +112,8 @@ def ensure_topics(
             if name not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
-            except TopicAlreadyExistsError:
-                pass
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:  # metadata propagates asynchronously
             if set(topics) <= set(admin.list_topics()):

@@ -12,36 +12,20 @@ log = logging.getLogger(__name__)
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from worker import metrics as metrics_mod
-    from worker.recall_worker import OutageError, RecallWorker, build_engine
+    from worker.app import App
 
-    metrics = metrics_mod.from_settings(settings)
-    metrics_mod.serve(metrics, settings)
-    export_dir = args.export or settings.worker.export_dir
-    engine, store, follower = build_engine(settings, export_dir, metrics=metrics, load_items=args.load_items)
-    if args.per_request:
-        from worker.recall import PerRequestEngine
-
-        engine.__class__ = PerRequestEngine  # same state, the unbatched baseline's recall()
-    worker = RecallWorker(settings, engine, metrics)
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    app = App(settings, roles=roles, export_dir=args.export, load_items=args.load_items,
+              per_request=args.per_request)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.stop())
-    log.info(
-        "recall worker: group %s, topics %s, model %s",
-        settings.worker.group_id,
-        worker.topics,
-        engine.model_version,
-    )
+        signal.signal(sig, lambda *_: app.stop_roles())
+    app.start()
+    log.info("worker roles %s up (group %s)", ",".join(roles), settings.worker.group_id)
     try:
-        worker.run(max_seconds=args.max_seconds)
-    except OutageError as e:
-        log.error("%s", e)
-        return 3
+        app.wait(max_seconds=args.max_seconds)
     finally:
-        if follower is not None:
-            follower.stop()
-        store.close()
-    return 0
+        app.stop()
+    return app.exit_code
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -61,8 +45,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from mind_recall.cli import add_config_args
 
-    w = sub.add_parser("worker", help="run the streaming recall worker (clicks + recall requests -> results)")
+    w = sub.add_parser(
+        "worker",
+        help="run the streaming service: item writer, recall worker (clicks + requests -> results), HTTP API",
+    )
     add_config_args(w)
+    w.add_argument("--roles", default="items,recall,http",
+                   help="comma-separated roles to run in this process: items, recall, http (default: all; "
+                        "Milvus Lite needs them in one process, a Milvus server lets each scale alone)")
     w.add_argument("--export", metavar="DIR", help="export to serve (default: worker.export_dir)")
     w.add_argument(
         "--load-items",

@@ -266,7 +266,8 @@ def _committed(s: Settings, topic: str) -> int:
 
 def _spawn(s: Settings, name: str, tmp: Path, export: Path) -> tuple[subprocess.Popen[bytes], Path]:
     log = tmp / f"{name}.log"
-    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--export", str(export), "--load-items"]
+    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--roles", "recall",
+            "--export", str(export), "--load-items"]
     overrides = {
         "kafka.bootstrap_servers": s.kafka.bootstrap_servers,
         "milvus.uri": str(tmp / f"{name}.db"),

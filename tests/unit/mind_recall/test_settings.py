@@ -65,7 +65,7 @@ def test_bad_values_name_key_and_value(override: str, message: str) -> None:
 def test_bad_env_names_the_variable() -> None:
     with pytest.raises(ConfigError, match=r"runner.epochs: expected int, got 'x'"):
         load(None, env={"MIND_RECALL__RUNNER__EPOCHS": "x"})
-    with pytest.raises(ConfigError, match="unknown key 'runner.epoch'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'runner\.epoch'"):
         load(None, env={"MIND_RECALL__RUNNER__EPOCH": "1"})
 
 
