@@ -17,3 +17,5 @@ def setup(level: str | None = None) -> None:
     # Milvus Lite's in-process gRPC server logs a traceback for every AllocTimestamp call that pymilvus
     # makes after writes ("Method not implemented"): harmless, and our own code logs real Milvus errors.
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    # kafka-python warns whenever one of its I/O tasks ran > 100 ms, which on 2 busy cores is all the time.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
