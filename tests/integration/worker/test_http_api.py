@@ -14,7 +14,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from recall_testkit import Reference, build_export, same_ranking, train_histories
+from recall_testkit import Reference, same_ranking, train_histories
 
 from mind_recall.settings import Settings
 from worker.http_api import create_app, make_service
@@ -23,16 +23,6 @@ from worker.store import ItemStore
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret-token"
-
-
-@pytest.fixture(scope="session")
-def export_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_export(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session")
-def reference(export_base: Path) -> Reference:
-    return Reference(export_base / "export")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from recall_testkit import Reference, build_export, read_topic, results_by_id, same_ranking, train_histories
+from recall_testkit import Reference, read_topic, results_by_id, same_ranking, train_histories
 
 from mind_recall.settings import Settings
 from worker import kafka_io
@@ -28,16 +28,6 @@ from worker.store import ItemStore
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="session")
-def export_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_export(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session")
-def reference(export_base: Path) -> Reference:
-    return Reference(export_base / "export")
 
 
 def _settings(settings: Settings, export_base: Path, *extra: str) -> Settings:
