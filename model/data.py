@@ -302,7 +302,7 @@ class TrainSamples:
 
     def state(self) -> dict:
         """Generator state, so a resumed run continues the sample stream instead of replaying it."""
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state

@@ -83,7 +83,7 @@ class LogUniformSampler:
 
     def state(self) -> dict:
         """The generator state, for checkpoints (so a resumed run draws what the full run drew)."""
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state

@@ -234,7 +234,7 @@ def _train(settings: Settings, resume: bool | None) -> Path:
             "runner": {k: v for k, v in settings.to_dict()["runner"].items()},
             "rng": {
                 "samples": _json_state(samples.state()), "sampler": _json_state(sampler.state()),
-                "routing": _json_state(routing_rng.bit_generator.state),
+                "routing": _json_state(dict(routing_rng.bit_generator.state)),
             },
             "created_ts": int(time.time() * 1000),
         }

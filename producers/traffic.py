@@ -152,7 +152,8 @@ def run_open_loop(
             time.sleep(0.05)
         stop.set()
         reader.join(5)
-        consumer.close()
+        if consumer is not None:
+            consumer.close()
         vals = list(got.values())
         service = [max(0, p - q) for q, p, _ in vals if q and p]
         e2e = [max(0, r - sent_ts[rid]) for rid, (_, _, r) in got.items()]

@@ -87,7 +87,7 @@ def _int_field(obj: dict[str, Any], name: str, *, minimum: int, reason: str = "b
 def _ts(obj: dict[str, Any], record: Any) -> int:
     v = obj.get("ts")
     if v is None:
-        rec_ts = getattr(record, "timestamp", None)
+        rec_ts: Any = getattr(record, "timestamp", None)
         return int(rec_ts) if _is_int(rec_ts) and rec_ts > 0 else int(time.time() * 1000)
     if not (_is_int(v) or (isinstance(v, float) and math.isfinite(v))) or v < 0:
         raise _Bad("wrong_type", f"ts must be epoch milliseconds, got {v!r}")
