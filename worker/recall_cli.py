@@ -17,9 +17,16 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     app = App(settings, roles=roles, export_dir=args.export, load_items=args.load_items,
               per_request=args.per_request)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: app.stop_roles())
+
+    def trap() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: app.stop_roles())
+
+    trap()
     app.start()
+    # Importing Paddle (during start) replaces the SIGTERM handler with its own C-level one, which aborts
+    # the process ("FatalError: Termination signal") instead of a graceful stop: take it back.
+    trap()
     log.info("worker roles %s up (group %s)", ",".join(roles), settings.worker.group_id)
     try:
         app.wait(max_seconds=args.max_seconds)

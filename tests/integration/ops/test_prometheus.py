@@ -1,9 +1,12 @@
 """The Grafana dashboard and the alert rules against a real Prometheus (scripts/prometheus-local).
 
-A scrape target exposing the service's metrics under load is scraped every second; then every PromQL
-expression of config/grafana/dashboards/mind-recall.json must return data through the HTTP API, the
-recording and alert rules must evaluate without errors (and the dead-letter alert must fire, since the
-load includes dead letters), and promtool must accept the rules, their unit tests and the configs.
+The real service is scraped every second: ``mind-recall worker`` (item writer + recall worker + HTTP API
+in one process) serving a small model trained and exported for the test session, under a short load
+through Kafka from the project's producers (clicks, open-loop recall requests, item updates, malformed
+records). Every PromQL expression of config/grafana/dashboards/mind-recall.json must then return data
+through the HTTP API, the recording and alert rules must evaluate without errors (and the dead-letter
+alert must fire for both consumers, since the load includes dead letters), and promtool must accept the
+rules, their unit tests and the configs.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
-import textwrap
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -25,6 +29,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from mind_recall.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +43,9 @@ DASHBOARD = ROOT / "config" / "grafana" / "dashboards" / "mind-recall.json"
 # room for scrape jitter.
 RATE_INTERVAL = "5s"
 DATA_DEADLINE_S = 30.0
+WORKER_START_S = 60.0
+# The load runs while Prometheus scrapes and the test queries; this bounds it if the test hangs.
+LOAD_MAX_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -46,84 +55,148 @@ class ScrapeTarget:
     jobs: dict[str, list[str]]
 
 
-# STAND-IN load: creates the service's real Metrics object (worker.metrics), serves it with
-# worker.metrics.serve on a free loopback port (printed on stdout), and records what one recall worker
-# plus one item writer record per micro-batch, with plausible values, until it is terminated.
-STANDIN_SOURCE = textwrap.dedent(
-    """
-    import random, sys, time
-    from mind_recall.settings import load
-    from worker.metrics import MILVUS_OPS, STAGES, from_settings, serve
+@pytest.fixture(scope="session")
+def export_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The recall tests' small trained + exported model (tests/integration/worker/recall_testkit.py),
+    built once per session and shared with them through pytest's session temp dir."""
+    kit = str(ROOT / "tests" / "integration" / "worker")
+    if kit not in sys.path:
+        sys.path.insert(0, kit)
+    from recall_testkit import build_export
 
-    settings = load(None, overrides=["metrics.port=0", "metrics.host=127.0.0.1"], env={})
-    m = from_settings(settings)
-    print(serve(m, settings), flush=True)
-    rng = random.Random(7)
-    m.model_info.info({"model_version": "standin-1"})
-    for i in range(10**9):
-        batch = rng.randint(1, 64)                               # recall worker: one micro-batch
-        m.recall_batch_size.observe(batch)
-        for stage in STAGES:
-            m.recall_stage.labels(stage=stage).observe(rng.lognormvariate(-7.0, 0.6))
-        for _ in range(batch):
-            m.recall_latency.observe(rng.lognormvariate(-4.8, 0.5))  # ~8 ms median, tail past 50 ms
-            m.recall_requests.labels(outcome="ok" if rng.random() > 0.05 else "cold_start").inc()
-        m.clicks.inc(rng.randint(0, 200))
-        m.milvus_seconds.labels(op="search").observe(rng.lognormvariate(-6.0, 0.5))
-        m.milvus_seconds.labels(op="get").observe(rng.lognormvariate(-7.5, 0.5))
-        if i % 50 == 0:                                          # ~1/s: a malformed request, a retry
-            m.dead_letter("recall_requests", "not_json")
-            m.recall_requests.labels(outcome="dead_letter").inc()
-            m.milvus_errors.labels(op="upsert").inc()
-        items = rng.randint(1, 500)                              # item writer: one write batch
-        m.item_batch_size.observe(items)
-        m.items_upserted.inc(items)
-        m.items_deleted.inc(rng.randint(0, 5))
-        m.milvus_seconds.labels(op="upsert").observe(rng.lognormvariate(-4.5, 0.4))
-        m.milvus_seconds.labels(op="delete").observe(rng.lognormvariate(-5.5, 0.4))
-        for _ in range(8):
-            m.item_freshness.observe(rng.lognormvariate(-2.5, 0.7))
-        m.milvus_rows.set(10000 + i)
-        m.item_cache_items.set(10000 + i)
-        for topic, lag in (("recall-requests", 40), ("clicks", 200), ("item_embeddings", 500)):
-            m.consumer_lag.labels(topic=topic).set(rng.randint(0, lag))
-        time.sleep(0.02)
-    """
-)
+    return build_export(tmp_path_factory.getbasetemp())
+
+
+def _scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return ""
+
+
+class Load:
+    """A short, steady load through Kafka with the project's producers, in two threads until stopped
+    (at most ``LOAD_MAX_S``), in rounds of about a second: open-loop recall requests plus a replay of
+    some users' clicks, item updates of the served model version, and in each round one malformed
+    record per consumer so that dead letters keep coming (a rate, and so the alert, needs increases
+    that Prometheus sees, not only a count reached before its first scrape)."""
+
+    def __init__(self, settings: Settings, export_base: Path) -> None:
+        from worker import kafka_io
+        from worker.items import load_export
+
+        self.s = settings
+        self.data = export_base / "data" / "train"
+        self.version, self.dim, *_ = load_export(export_base / "export")
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.rounds = 0
+        self.producer = kafka_io.make_producer(settings)
+        self.threads = [
+            threading.Thread(target=self._loop, args=(f,), daemon=True) for f in (self._requests, self._items)
+        ]
+
+    def start(self) -> Load:
+        from producers.traffic import replay_clicks
+        from worker.requests import encode_request, user_key
+
+        replay_clicks(self.s, self.data, users=60)  # histories for the users the requests ask about
+        # one request with top_k=0: an error result (outcome="error"), not a dead letter
+        bad = encode_request("bad-top-k", 1, 0, int(time.time() * 1000))
+        self.producer.send(self.s.topics.recall_requests, key=user_key(1), value=bad)
+        self.producer.flush()
+        for th in self.threads:
+            th.start()
+        return self
+
+    def _loop(self, one_round: Any) -> None:
+        try:
+            deadline = time.monotonic() + LOAD_MAX_S
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                one_round()
+                self.rounds += 1
+        except BaseException as e:  # surfaced by close()
+            self.errors.append(e)
+
+    def _requests(self) -> None:
+        from producers.traffic import replay_clicks, run_open_loop
+
+        run_open_loop(self.s, rate=40, duration=1.0, user_ids=range(60), top_k=20, wait_results=False)
+        replay_clicks(self.s, self.data, users=3)
+        self.producer.send(self.s.topics.recall_requests, key=b"1", value=b"not json")
+
+    def _items(self) -> None:
+        from producers.items import publish, synthetic_updates
+
+        events = synthetic_updates(20, self.dim, 600, delete_ratio=0.1, seed=self.rounds, model_version=self.version)
+        publish(self.s, events, total=20, rate=20, progress=False, live_ts=True)
+        # the item topic is compacted: a record there needs a key
+        self.producer.send(self.s.topics.item_embeddings, key=b"7", value=b"not json")
+
+    def close(self) -> None:
+        self.stop.set()
+        for th in self.threads:
+            th.join(15)
+        self.producer.close(timeout=5)
+        assert not self.errors, self.errors
 
 
 @pytest.fixture(name="scrape_target")
-def _start_scrape_target() -> Iterator[ScrapeTarget]:
-    """STAND-IN until the real worker is ready: a subprocess (``STANDIN_SOURCE``) that serves the real
-    ``worker.metrics.Metrics`` registry through ``worker.metrics.serve`` and records the observations
-    the recall worker and the item writer make under load (latency, stages, batches, outcomes, clicks,
-    Milvus calls and a retried error, item writes and freshness, lag, ~1 dead letter/s, model_info).
-
-    To test the real service instead, make this fixture start ``mind-recall worker`` and
-    ``mind-recall items write`` (each with its own ``metrics.port``) wired by the ``settings`` fixture,
-    drive them with ``mind-recall produce clicks|requests|item-updates`` plus a few malformed records
-    (the dead-letter panel and alert need some), wait until both ports serve /metrics, and yield
-    ``ScrapeTarget({"mind-recall-worker": [worker_addr], "mind-recall-items": [writer_addr]})``.
-    Nothing else in this file changes.
-    """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", STANDIN_SOURCE], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+def _start_scrape_target(settings: Settings, export_base: Path, tmp_path: Path) -> Iterator[ScrapeTarget]:
+    """The real service under load: ``mind-recall worker`` with all roles in one process (item writer,
+    recall worker, HTTP API; Milvus Lite needs them together) serving the test model, wired to this
+    test's topics, groups and Milvus Lite file, on a fixed free metrics port, driven by :class:`Load`."""
+    port = _free_port()
+    overrides = {
+        "kafka.bootstrap_servers": settings.kafka.bootstrap_servers,
+        "milvus.uri": settings.milvus.uri,
+        "worker.group_id": settings.worker.group_id,
+        "worker.item_writer_group": settings.worker.item_writer_group,
+        "worker.session_timeout_ms": "6000",
+        "metrics.host": "127.0.0.1",
+        "metrics.port": str(port),
+        "http.port": "0",
+        **{f"topics.{k}": getattr(settings.topics, k)
+           for k in ("clicks", "item_embeddings", "recall_requests", "recall_results", "dlq", "history_changelog")},
+    }
+    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--export", str(export_base / "export"), "--load-items"]
+    for k, v in overrides.items():
+        args += ["-o", f"{k}={v}"]
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), "MIND_RECALL_LOG": "INFO"})
+    load: Load | None = None
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.isdigit():
-            proc.kill()
-            raise RuntimeError(f"stand-in target did not start: {line!r} {proc.communicate()[1][-2000:]}")
-        yield ScrapeTarget({"mind-recall-worker": [f"127.0.0.1:{line}"]})
+        # up and joined: the model is loaded and both consumers report lag (set once they own partitions;
+        # the recall worker labels it with the topic name, the item writer with the role)
+        joined = ("mind_recall_model_info{", 'topic="item_embeddings"', f'topic="{settings.topics.recall_requests}"')
+        deadline = time.monotonic() + WORKER_START_S
+        while True:
+            text = _scrape(port)
+            if all(mark in text for mark in joined):
+                break
+            assert proc.poll() is None, f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"worker not up after {WORKER_START_S}s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        load = Load(settings, export_base)
+        load.start()
+        yield ScrapeTarget({"mind-recall-worker": [f"127.0.0.1:{port}"]})
     finally:
-        proc.terminate()
+        if load is not None:
+            load.stop.set()
+        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=5)
+            rc = proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            rc = None
+        tail = log.read_text()[-3000:]
+        if load is not None:
+            load.close()
+    assert rc == 0, f"worker did not stop cleanly on SIGTERM (rc {rc}):\n{tail}"
 
 
 def _free_port() -> int:
@@ -196,9 +269,23 @@ def _problem(url: str, expr: str) -> str | None:
     return None
 
 
+# The load really went through the worker, and the gauges hold measured values (an unset gauge reads 0,
+# which the dashboard check alone would accept). milvus_rows is refreshed by the item writer every 10 s.
+LOAD_CHECKS = (
+    'sum(mind_recall_recall_requests_total{outcome="ok"}) > 0',
+    'sum(mind_recall_recall_requests_total{outcome="error"}) > 0',
+    "sum(mind_recall_clicks_total) > 0",
+    "sum(mind_recall_items_upserted_total) > 0",
+    "sum(mind_recall_items_deleted_total) > 0",
+    "max(mind_recall_milvus_rows) > 0",
+    "max(mind_recall_item_cache_items) > 0",
+)
+
+
 def test_every_dashboard_query_returns_data(prometheus: str) -> None:
     queries = dashboard_queries()
     assert len(queries) >= 15
+    queries += [("load reached the worker", expr) for expr in LOAD_CHECKS]
     deadline = time.monotonic() + DATA_DEADLINE_S
     while True:
         problems = {f"{title}: {expr}": p for title, expr in queries if (p := _problem(prometheus, expr))}
@@ -211,22 +298,24 @@ def test_every_dashboard_query_returns_data(prometheus: str) -> None:
     assert up and all(s["value"][1] == "1" for s in up)
 
     # The rules evaluate against the real series: no errors, the recording rules produce data, and the
-    # dead-letter alert fires (the load dead-letters ~1 record/s) while the worker-down alert does not.
-    groups = _api(prometheus, "/api/v1/rules")["groups"]
-    rules = [r for g in groups for r in g["rules"]]
-    assert len(rules) == 14
-    assert [r["name"] for r in rules if r["health"] == "err"] == []
-    assert _problem(prometheus, "mind_recall:recall_latency_seconds:p99_5m") is None
-    assert _problem(prometheus, "mind_recall:consumer_lag:sum") is None
-    deadline = time.monotonic() + 10
+    # dead-letter alert fires for both consumers (the load sent malformed requests and item records)
+    # while the worker-down alert does not. Rules run every second, a step behind the scrapes: poll.
+    recorded = ("mind_recall:recall_latency_seconds:p99_5m", "mind_recall:consumer_lag:sum")
+    deadline = time.monotonic() + 15
     while True:
-        alerts = {a["labels"]["alertname"]: a for a in _api(prometheus, "/api/v1/alerts")["alerts"]}
-        if "MindRecallDeadLetters" in alerts or time.monotonic() > deadline:
+        groups = _api(prometheus, "/api/v1/rules")["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        missing = {expr: p for expr in recorded if (p := _problem(prometheus, expr))}
+        alerts = [a for a in _api(prometheus, "/api/v1/alerts")["alerts"] if a["state"] == "firing"]
+        dlq_topics = {a["labels"]["topic"] for a in alerts if a["labels"]["alertname"] == "MindRecallDeadLetters"}
+        if (not missing and {"recall_requests", "item_embeddings"} <= dlq_topics) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert alerts["MindRecallDeadLetters"]["labels"]["topic"] == "recall_requests"
-    assert alerts["MindRecallDeadLetters"]["state"] == "firing"
-    assert "MindRecallWorkerDown" not in alerts
+    assert len(rules) == 14
+    assert [r["name"] for r in rules if r["health"] == "err"] == []
+    assert not missing, missing
+    assert {"recall_requests", "item_embeddings"} <= dlq_topics, alerts
+    assert "MindRecallWorkerDown" not in {a["labels"]["alertname"] for a in alerts}
 
 
 def test_promtool_accepts_rules_and_configs(promtool: str) -> None:
