@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 
 
 def _secret() -> Any:
-    return field(default="", metadata={"secret": True})
+    # repr=False: a section printed on its own (a traceback, a %r of milvus settings) must not leak it
+    return field(default="", repr=False, metadata={"secret": True})
 
 
 def _check(default: Any, ok: Callable[[Any], bool], what: str) -> Any:
@@ -279,6 +280,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, base: Any) -> Any:
             kwargs[f.name] = current
             continue
         raw = data[yname]
+        if isinstance(raw, _Text):
+            raw = raw.raw if typ is str else raw.parsed()
         if dataclasses.is_dataclass(typ):
             kwargs[f.name] = _build(typ, raw if raw is not None else {}, key + ".", current)  # type: ignore[arg-type]
             continue
@@ -303,11 +306,22 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> Non
     node[parts[-1]] = value
 
 
-def _parse_scalar(text: str) -> Any:
-    try:
-        return yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError:
-        return text
+@dataclass(frozen=True)
+class _Text:
+    """A value from the environment or ``-o``: parsed as YAML for typed keys, kept verbatim for strings
+    (YAML would turn a token like ``0123`` into 83 and ``1:30`` into 90)."""
+
+    raw: str
+
+    def parsed(self) -> Any:
+        try:
+            return yaml.safe_load(self.raw) if self.raw != "" else ""
+        except yaml.YAMLError:
+            return self.raw
+
+
+def _parse_scalar(text: str) -> _Text:
+    return _Text(text)
 
 
 def _env_tree(env: Mapping[str, str]) -> dict[str, Any]:

@@ -146,8 +146,8 @@ def _decode(record: Any, dim: int | None, max_record_bytes: int | None) -> ItemE
         )
     except _Reject:
         raise
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _Reject("not_json", str(e)[:200]) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+        raise _Reject("not_json", str(e)[:200] or type(e).__name__) from None
     if not isinstance(body, dict):
         raise _Reject("wrong_type", f"value must be a JSON object, got {type(body).__name__}")
     if "item_id" not in body:

@@ -102,8 +102,8 @@ def _load_json(record: Any, max_bytes: int) -> dict[str, Any]:
         raise _Bad("oversized", f"record of {len(raw)} bytes > worker.max_record_bytes={max_bytes}")
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _Bad("not_json", f"not JSON: {str(e)[:200]}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+        raise _Bad("not_json", f"not JSON: {str(e)[:200] or type(e).__name__}") from None
     if not isinstance(obj, dict):
         raise _Bad("not_json", f"expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -118,10 +118,19 @@ def decode_click(record: Any, max_record_bytes: int = 1_048_576) -> Click | Dead
         return Click(user, item, _ts(obj, record))
     except _Bad as e:
         return DeadLetter.of(record, e.reason, e.message)
+    except Exception as e:  # a backstop: no input may crash the worker
+        return DeadLetter.of(record, "other", f"{type(e).__name__}: {e}"[:500])
 
 
 def decode_request(record: Any, limits: Limits) -> RecallRequest | RequestError | DeadLetter:
     """Validate one recall request; see the module docstring for the three outcomes."""
+    try:
+        return _decode_request(record, limits)
+    except Exception as e:  # a backstop: no input may crash the worker
+        return DeadLetter.of(record, "other", f"{type(e).__name__}: {e}"[:500])
+
+
+def _decode_request(record: Any, limits: Limits) -> RecallRequest | RequestError | DeadLetter:
     try:
         obj = _load_json(record, limits.max_record_bytes)
     except _Bad as e:

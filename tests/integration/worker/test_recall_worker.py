@@ -144,7 +144,8 @@ def test_results_match_the_evaluation_path_and_bad_input_is_answered(
             json.dumps({"request_id": "big-hist", "user_id": 1, "top_k": 5, "hist_item": list(range(1, 32))}),
             json.dumps({"request_id": "bad-hist", "user_id": 1, "top_k": 5, "hist_item": [1, "x"]}),
         ]
-        no_id = [b"{not json", json.dumps({"user_id": 1, "top_k": 5}).encode()]
+        # poison pills: not JSON, no request_id, and JSON nested past Python's recursion limit
+        no_id = [b"{not json", json.dumps({"user_id": 1, "top_k": 5}).encode(), b"[" * 100_000]
         _send(
             s,
             s.topics.recall_requests,
@@ -172,15 +173,15 @@ def test_results_match_the_evaluation_path_and_bad_input_is_answered(
             ("bad-hist", "wrong_type"),
         ]:
             assert got[rid]["error"].startswith(reason) and got[rid]["items"] == [], rid
-        dlq = read_topic(s, s.topics.dlq, 3, 20)
+        dlq = read_topic(s, s.topics.dlq, 4, 20)
         reasons = sorted(dict(r.headers)["error_class"].decode() for r in dlq)
-        assert reasons == ["bad_id", "missing_field", "not_json"]
+        assert reasons == ["bad_id", "missing_field", "not_json", "not_json"]
         # still serving after all that
         _requests(s, [("after", 2, 5, None)])
         assert _results(s, {"after"})["after"]["source"] == "mind"
         m = run.metrics.registry
         assert m.get_sample_value("mind_recall_recall_requests_total", {"outcome": "error"}) == 5
-        assert m.get_sample_value("mind_recall_recall_requests_total", {"outcome": "dead_letter"}) == 2
+        assert m.get_sample_value("mind_recall_recall_requests_total", {"outcome": "dead_letter"}) == 3
         assert m.get_sample_value("mind_recall_clicks_total") == sum(len(h) for h in hist.values())
         assert m.get_sample_value("mind_recall_recall_latency_seconds_count") >= len(good)
     finally:

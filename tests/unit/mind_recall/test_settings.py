@@ -91,6 +91,19 @@ def test_secrets_masked_everywhere() -> None:
     assert "tok-123" in s.dump(mask_secrets=False)
 
 
+def test_string_values_are_kept_verbatim() -> None:
+    """YAML would read 0123 as octal 83 and 1:30 as sexagesimal 90: strings keep the text given."""
+    s = load(None, overrides=["http.token=0123", "topics.clicks=1:30"], env={"MIND_RECALL__MILVUS__TOKEN": "0x1F"})
+    assert (s.http.token, s.topics.clicks, s.milvus.token) == ("0123", "1:30", "0x1F")
+    assert load(None, overrides=["runner.epochs=0x1F"], env={}).runner.epochs == 31  # typed keys still parse
+
+
+def test_sections_alone_do_not_print_secrets() -> None:
+    s = load(None, overrides=["milvus.token=tok-1", "http.token=tok-2", "kafka.sasl_password=tok-3"], env={})
+    for section in (s.milvus, s.http, s.kafka):
+        assert "tok-" not in repr(section) and "tok-" not in str(section)
+
+
 def test_replace_keeps_the_rest() -> None:
     s = load(None, overrides=["runner.epochs=4"], env={})
     t = s.replace("runner.seed=1")
