@@ -123,6 +123,21 @@ def test_auth_and_limits(api: tuple[TestClient, Settings, ItemStore], export_bas
     assert client.post("/rec/recall", content=b"{nope", headers={"Content-Type": "application/json"}).status_code == 422
 
 
+def test_admin_endpoints_need_a_token_off_loopback(settings: Settings, export_base: Path) -> None:
+    """Without http.token, insert/drop answer only when the API is bound to loopback; recall stays open."""
+    store = ItemStore(settings.milvus)
+    try:
+        for host, admin_status in (("0.0.0.0", 403), ("127.0.0.1", 200)):
+            s = settings.replace(f"http.host={host}", f"worker.export_dir={export_base / 'export'}")
+            with TestClient(create_app(s, make_service(s, store=store, metrics=Metrics()))) as client:
+                body = {"export_dir": str(export_base / "export")}
+                assert client.post("/rec/insert_data", json=body).status_code == admin_status, host
+                assert client.post("/rec/drop").status_code in ((403,) if admin_status == 403 else (200, 404)), host
+                assert client.post("/qa/drop").status_code in ((403,) if admin_status == 403 else (200, 404)), host
+    finally:
+        store.close()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
