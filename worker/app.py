@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mind_recall.settings import Settings
@@ -88,6 +89,13 @@ class App:
         import uvicorn
 
         from worker.http_api import create_app, make_service
+
+        if self.items is None and (Path(export_dir) / "manifest.json").is_file():
+            # HTTP alone: still follow the item topic, so deleted items are never served here either
+            from worker.items import start_item_cache
+
+            self.items, follower = start_item_cache(self.settings, export_dir, self.metrics)
+            self._closers.append(follower.stop)
 
         service = make_service(
             self.settings, store=self.store, metrics=self.metrics, export_dir=export_dir, items=self.items,

@@ -392,39 +392,47 @@ class ItemFollower:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        """Follow the topic until stopped; any failure (broker gone, a bug) is logged and retried with
+        backoff from the last applied offsets, so the cache never silently freezes."""
         from worker import kafka_io
 
         s = self.settings
         topic = s.topics.item_embeddings
-        try:
-            kafka_io.ensure_item_topic(s)
-            consumer = kafka_io.make_consumer(s, None, None)
-        except Exception as e:
-            self.error = e
-            log.error("item follower cannot start: %s", e)
-            return
-        try:
-            parts = kafka_io.assign_all(consumer, topic)
-            consumer.seek_to_beginning(*parts)
-            end = consumer.end_offsets(parts)
-            while not self._stop.is_set():
-                for records in consumer.poll(timeout_ms=200, max_records=5000).values():
-                    for r in records:
-                        ev = decode_item_event(
-                            r, dim=self.cache.dim, max_record_bytes=s.worker.max_record_bytes
-                        )
-                        if isinstance(ev, ItemEvent):
-                            self.cache.apply(ev)
-                if not self.caught_up.is_set() and all(consumer.position(tp) >= end[tp] for tp in parts):
-                    self.caught_up.set()
-                    log.info("item cache caught up: %d items", len(self.cache))
-                if self.metrics is not None:
-                    self.metrics.item_cache_items.set(len(self.cache))
-        except Exception as e:
-            self.error = e
-            log.exception("item follower stopped")
-        finally:
-            consumer.close()
+        positions: dict[Any, int] = {}  # next offset per partition, kept across reconnects
+        backoff = s.worker.retry_backoff_s
+        while not self._stop.is_set():
+            consumer = None
+            try:
+                kafka_io.ensure_item_topic(s)
+                consumer = kafka_io.make_consumer(s, None, None)
+                parts = kafka_io.assign_all(consumer, topic)
+                for tp in parts:
+                    if tp in positions:
+                        consumer.seek(tp, positions[tp])
+                    else:
+                        consumer.seek_to_beginning(tp)
+                end = consumer.end_offsets(parts)
+                while not self._stop.is_set():
+                    for tp, records in consumer.poll(timeout_ms=200, max_records=5000).items():
+                        for r in records:
+                            ev = decode_item_event(r, dim=self.cache.dim, max_record_bytes=s.worker.max_record_bytes)
+                            if isinstance(ev, ItemEvent):
+                                self.cache.apply(ev)
+                        positions[tp] = records[-1].offset + 1
+                    if not self.caught_up.is_set() and all(consumer.position(tp) >= end[tp] for tp in parts):
+                        self.caught_up.set()
+                        log.info("item cache caught up: %d items", len(self.cache))
+                    if self.metrics is not None:
+                        self.metrics.item_cache_items.set(len(self.cache))
+                    self.error, backoff = None, s.worker.retry_backoff_s
+            except Exception as e:
+                self.error = e
+                log.warning("item follower: %s: %s; retrying in %.1f s", type(e).__name__, e, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+            finally:
+                if consumer is not None:
+                    consumer.close()
 
 
 def start_item_cache(

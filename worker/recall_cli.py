@@ -36,17 +36,11 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from worker import metrics as metrics_mod
-    from worker.http_api import create_app, make_service
-
-    metrics = metrics_mod.from_settings(settings)
-    service = make_service(settings, metrics=metrics, load_items=args.load_items, export_dir=args.export)
-    app = create_app(settings, service)
-    log.info("HTTP API on http://%s:%d (docs at /docs)", settings.http.host, settings.http.port)
-    uvicorn.run(app, host=settings.http.host, port=settings.http.port, log_level="warning")
-    return 0
+    """The HTTP API alone (its own live item cache); ``worker`` runs it beside the other roles."""
+    settings = settings.replace("metrics.enabled=false")  # /metrics is served by the API itself
+    return _worker(settings, argparse.Namespace(
+        roles="http", export=args.export, load_items=args.load_items, per_request=False, max_seconds=None,
+    ))
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
