@@ -2,8 +2,9 @@
 switch the alias atomically, keep the old collection until ``items drop``.
 
 Searches that name the alias see either the old or the new collection, never a mix: Milvus resolves
-the alias per request. The recall path resolves ``ItemStore.live()`` once per batch and searches that
-concrete collection, so one batch's hits and its ``model_version`` always agree.
+the alias per request. The recall worker pins the collection of its own tower's model_version at start
+(so a result's hits and its ``model_version`` always agree) and serves a rolled-out version after a
+restart with the new export.
 """
 
 from __future__ import annotations
