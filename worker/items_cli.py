@@ -32,6 +32,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "--model-version", default=None, help="must match the export's manifest (default: its version)"
     )
     r.add_argument("--export", default=None, metavar="DIR", help="export dir (default: worker.export_dir)")
+    r.add_argument("--refill", action="store_true",
+                   help="overwrite a collection that already has rows (reverts streamed updates and deletes)")
     r.set_defaults(handler=_rollout)
 
     d = isub.add_parser("drop", help="drop a model version's collection (never the live one)")
@@ -68,6 +70,7 @@ def _rollout(settings: Settings, args: argparse.Namespace) -> int:
             args.export or settings.worker.export_dir,
             args.model_version,
             progress=settings.runner.progress,
+            refill=args.refill,
         )
         print(json.dumps({"live": live._asdict(), "alias": settings.milvus.alias}))
         return 0

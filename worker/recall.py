@@ -260,16 +260,16 @@ def store_search(store: Any, collection: str) -> SearchFn:
 
 
 def load_into_store(store: Any, export_dir: str | Path, set_alias: bool = True, chunk: int = 20000) -> tuple[str, int]:
-    """Upsert an export's item vectors into its model version's collection; returns (collection, rows).
+    """Fill an export's item vectors into its model version's collection; returns (collection, rows).
 
-    Skipped when that collection already holds exactly the export's row count: the version is a content
-    hash, so the rows are the same (and on Milvus Lite an upsert of existing rows doubles what every
-    search must filter)."""
+    Only a new or empty collection is filled: once the item stream has updated or deleted rows, a refill
+    from the export would bring deleted items back and revert updates (a restart with --load-items must
+    be safe)."""
     items = load_export_items(export_dir)
     coll = store.collection_name(items.model_version)
     exists = coll in store.list_collections()
     coll = store.ensure_collection(items.model_version, items.dim)
-    if not exists or store.count(coll) != len(items):
+    if not exists or store.count(coll) == 0:
         now = np.full(chunk, int(time.time() * 1000), dtype=np.int64)
         for s in range(0, len(items), chunk):
             ids = items.ids[s : s + chunk]

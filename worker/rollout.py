@@ -32,6 +32,7 @@ def rollout(
     chunk: int = 10_000,
     timeout_s: float = 600.0,
     progress: bool = False,
+    refill: bool = False,
 ) -> LiveCollection:
     """Fill ``model_version``'s collection from an export dir and point the alias at it."""
     version, dim, ids, vecs, created_ms = load_export(export_dir)
@@ -41,7 +42,12 @@ def rollout(
         )
     ids, first = np.unique(ids, return_index=True)
     vecs = vecs[first]
+    existed = store.collection_name(version) in store.list_collections()
     name = store.ensure_collection(version, dim)
+    if existed and store.count(name) > 0 and not refill:
+        # The stream may have updated or deleted rows since: refilling would revert them.
+        log.info("%s already holds %d rows: not refilled (use --refill to overwrite)", name, store.count(name))
+        ids = ids[:0]
     ts = np.full(len(ids), created_ms, np.int64)
     bar = None
     if progress:
