@@ -10,6 +10,9 @@ poll -> decode/validate -> batch -> write -> flush the DLQ producer -> commit.
 * Milvus errors: back off (``worker.retry_backoff_s``, doubling, capped), pause the partitions but
   keep polling (group membership), never commit; past ``worker.outage_limit_s`` exit with
   EXIT_OUTAGE: nothing of the failed batch was committed, a restart re-reads it.
+* Kafka errors after the write (DLQ send, commit; the broker went away): the same pause/backoff and
+  outage limit; only offsets of written records are committed, a refused commit (the group moved on)
+  leaves them to be re-read. While idle, kafka-python's poll just returns nothing during an outage.
 * Rebalance: records of revoked partitions are dropped from the uncommitted batch (the new owner
   re-reads them; upserts are idempotent).
 
@@ -236,19 +239,80 @@ class ItemWriter:
         return (time.monotonic() - self.pending.started) * 1000 >= self.s.worker.item_batch_ms
 
     def _flush(self, consumer: Any, producer: Any) -> None:
-        """write (retrying through outages) -> flush DLQ -> commit."""
+        """write (retrying through outages) -> flush DLQ -> commit (retrying through Kafka outages)."""
         plan = self._write_with_retry(consumer)
         if plan is None:  # everything was revoked meanwhile
             return
         for dead in plan.dead:
-            kafka_io.send_dead_letter(producer, self.s.topics.dlq, dead)
             self.metrics.dead_letter(DLQ_ROLE, reason_code(dead))
-        if plan.dead:
-            producer.flush()
-        offsets = self.pending.next_offsets()
-        kafka_io.commit_offsets(consumer, offsets)
-        self.committed += len(self.pending)
+        self._dead_letters_with_retry(consumer, producer, plan.dead)
+        if self._commit_with_retry(consumer):
+            self.committed += len(self.pending)
         self.pending = Pending()
+
+    # -- Kafka outages (the broker went away between poll and commit) --------------------------------
+    def _kafka_down(self, consumer: Any, start: float | None, attempt: int, what: str, e: Exception) -> float:
+        """Pause and wait one backoff step; raise OutageLimit past worker.outage_limit_s. Returns ``start``."""
+        w = self.s.worker
+        now = time.monotonic()
+        if start is None:
+            start = now
+            log.warning("kafka unavailable (%s), pausing partitions and retrying: %s", what, e)
+        down = now - start
+        if down > w.outage_limit_s:
+            raise OutageLimit(f"kafka unavailable for {down:.1f}s > worker.outage_limit_s={w.outage_limit_s}") from e
+        self._pause(consumer)
+        cap = max(w.retry_backoff_s, min(30.0, w.outage_limit_s / 4))
+        self._wait_polling(
+            consumer, min(w.retry_backoff_s * 2**attempt, cap, w.outage_limit_s - down + 0.05), keep=False
+        )
+        return start
+
+    def _dead_letters_with_retry(self, consumer: Any, producer: Any, dead: list[kafka_io.DeadLetter]) -> None:
+        """Every dead letter acknowledged before the commit: a failed send is re-sent, never skipped."""
+        start: float | None = None
+        attempt = 0
+        while dead:
+            sent = [(d, kafka_io.send_dead_letter(producer, self.s.topics.dlq, d)) for d in dead]
+            producer.flush()  # bounded by the producer's delivery_timeout_ms
+            dead = [d for d, f in sent if not f.succeeded()]
+            if dead:
+                err = next(f.exception for _, f in sent if not f.succeeded())
+                start = self._kafka_down(consumer, start, attempt, "dead letters", err)
+                attempt += 1
+        if start is not None:
+            log.info("kafka is back after %.1fs; dead letters sent", time.monotonic() - start)
+
+    def _commit_with_retry(self, consumer: Any) -> bool:
+        """Commit what was written; False if the group moved on (the new owner re-reads: writes are idempotent).
+
+        Only offsets of records already in Milvus are committed, and only for partitions still assigned.
+        """
+        w = self.s.worker
+        written = self.pending.next_offsets()
+        start: float | None = None
+        attempt = 0
+        while True:
+            owned = consumer.assignment()
+            offsets = {tp: off for tp, off in written.items() if tp in owned}
+            if not offsets:  # revoked meanwhile: nothing of ours to commit
+                self._resume(consumer)
+                return False
+            left = w.outage_limit_s - (0.0 if start is None else time.monotonic() - start)
+            try:
+                kafka_io.commit_offsets(consumer, offsets, timeout_ms=int(max(1.0, min(10.0, left)) * 1000))
+            except kafka_io.CommitFailedError as e:
+                log.warning("commit refused, the group rebalanced (records are re-read, writes are idempotent): %s", e)
+                self._resume(consumer)
+                return False
+            except kafka_io.KafkaError as e:
+                start = self._kafka_down(consumer, start, attempt, "commit", e)
+                attempt += 1
+                continue
+            if start is not None:
+                log.info("kafka is back after %.1fs; committed", time.monotonic() - start)
+            self._resume(consumer)
+            return True
 
     # -- write with retry -------------------------------------------------------------------------
     def _write_with_retry(self, consumer: Any) -> Plan | None:
@@ -288,15 +352,22 @@ class ItemWriter:
                 attempt += 1
                 self._wait_polling(consumer, delay)
 
-    def _wait_polling(self, consumer: Any, delay_s: float) -> None:
-        """Sleep by polling the paused consumer: heartbeats and rebalances go on."""
+    def _wait_polling(self, consumer: Any, delay_s: float, keep: bool = True) -> None:
+        """Sleep by polling the paused consumer: heartbeats and rebalances go on.
+
+        ``keep=False`` (after the batch was written): records that still arrive are not part of it, so
+        they are handed back (seek) instead of joining a batch whose offsets are about to be committed.
+        """
         end = time.monotonic() + delay_s
         while True:
             left = end - time.monotonic()
             if left <= 0:
                 return
             polled = consumer.poll(timeout_ms=int(min(left, 0.5) * 1000) + 1)
-            for records in polled.values():  # only from partitions assigned since the pause
+            for tp, records in polled.items():  # only from partitions assigned since the pause
+                if records and not keep:
+                    consumer.seek(tp, min(r.offset for r in records))
+                    continue
                 for r in records:
                     self.pending.add(r, decode_item_event(r, max_record_bytes=self.s.worker.max_record_bytes))
 
@@ -397,8 +468,8 @@ class ItemWriter:
             try:
                 parts = list(consumer.assignment())
                 if parts:
-                    end = consumer.end_offsets(parts)
-                    lag = sum(max(0, end[tp] - consumer.position(tp)) for tp in parts)
+                    end = consumer.end_offsets(parts, timeout_ms=2000)  # bounded: the broker may be down
+                    lag = sum(max(0, end[tp] - consumer.position(tp, timeout_ms=2000)) for tp in parts)
                     self.metrics.consumer_lag.labels(topic=DLQ_ROLE).set(lag + len(self.pending))
             except kafka_io.KafkaError as e:
                 log.debug("lag not measured: %s", e)

@@ -16,7 +16,7 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from mind_recall.settings import Settings
@@ -24,6 +24,7 @@ from mind_recall.settings import Settings
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CommitFailedError",
     "ConsumerRecordLike",
     "DeadLetter",
     "KafkaError",
@@ -51,6 +52,9 @@ def client_config(settings: Settings) -> dict[str, Any]:
         "client_id": k.client_id,
         "security_protocol": k.security_protocol,
         "request_timeout_ms": k.request_timeout_ms,
+        # kafka-python doubles its reconnect backoff up to 30 s by default: after a 10 s broker outage the
+        # workers then found the group coordinator again only ~30 s after the broker was back. Cap it.
+        "reconnect_backoff_max_ms": 2000,
     }
     if k.security_protocol.startswith("SASL"):
         cfg.update(
@@ -142,10 +146,16 @@ def subscribe_with_listener(
     consumer.subscribe(list(topics), listener=_Listener())
 
 
-def commit_offsets(consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int]) -> None:
-    """Commit the next offset to read per partition (synchronously: the caller's effect is already durable)."""
+def commit_offsets(
+    consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int], timeout_ms: int | None = None
+) -> None:
+    """Commit the next offset to read per partition (synchronously: the caller's effect is already durable).
+
+    With the broker down this raises (KafkaConnectionError at once, or KafkaTimeoutError after
+    ``timeout_ms``, default request_timeout_ms); after the group moved on, CommitFailedError.
+    """
     if next_offsets:
-        consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()})
+        consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()}, timeout_ms=timeout_ms)
 
 
 class ConsumerRecordLike:  # documentation only: the attributes the workers read from kafka records
@@ -172,10 +182,15 @@ class DeadLetter:
 
     @classmethod
     def of(cls, record: Any, error_class: str, reason: str) -> DeadLetter:
-        return cls(record.topic, record.partition, record.offset, record.key, record.value, error_class, reason)
+        value = record.value
+        if record.key is None and value is None:
+            value = b""  # Kafka refuses a record with neither key nor value; the header keeps the truth
+        return cls(record.topic, record.partition, record.offset, record.key, value, error_class, reason)
 
     def headers(self) -> list[tuple[str, bytes]]:
+        null = [("original_value", b"null")] if self.value == b"" and self.key is None else []
         return [
+            *null,
             ("source_topic", self.topic.encode()),
             ("source_partition", str(self.partition).encode()),
             ("source_offset", str(self.offset).encode()),

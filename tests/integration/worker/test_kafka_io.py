@@ -74,3 +74,23 @@ def test_dead_letter_keeps_bytes_and_reason(settings: Settings) -> None:
     assert headers["source_offset"] == str(record.offset)
     assert headers["error_class"] == "ValueError"
     assert headers["reason"].startswith("not_json")
+
+
+def test_dead_letter_of_a_record_with_neither_key_nor_value(settings: Settings) -> None:
+    """Other clients can write such a record; kafka-python refuses to send one, so the DLQ copy
+    carries an empty value and says so in a header instead of crashing the worker."""
+    from types import SimpleNamespace
+
+    dlq = settings.topics.dlq
+    kafka_io.ensure_topics(settings, {dlq: 1})
+    record = SimpleNamespace(topic="clicks", partition=0, offset=7, key=None, value=None)
+    dead = kafka_io.DeadLetter.of(record, "not_json", "not_json: null value")
+    producer = kafka_io.make_producer(settings)
+    kafka_io.send_dead_letter(producer, dlq, dead).get(timeout=30)
+    producer.close()
+    reader = kafka_io.make_consumer(settings, [dlq], settings.worker.group_id + "-dlq")
+    (out,) = _drain(reader, 1)
+    reader.close()
+    headers = {k: v.decode() for k, v in out.headers}
+    assert out.key is None and out.value == b""
+    assert headers["original_value"] == "null" and headers["source_offset"] == "7"
