@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class _Stopped(Exception):
+    """stop() was called while a step was being retried: leave without committing (at-least-once)."""
+
+
 class OutageError(RuntimeError):
     """Kafka or Milvus stayed unavailable past worker.outage_limit_s: exit for the orchestrator to restart."""
 
@@ -105,8 +109,25 @@ class RecallWorker:
             max_poll_records=w.batch_max,
             session_timeout_ms=w.session_timeout_ms,
             heartbeat_interval_ms=max(1000, w.session_timeout_ms // 5),
+            # a batch may wait up to outage_limit_s in _retry without polling: stay in the group meanwhile
+            max_poll_interval_ms=int(max(300.0, w.outage_limit_s + 60.0) * 1000),
         )
+        self._check_copartitioned()
         kafka_io.subscribe_with_listener(self.consumer, self.topics, self._on_assigned, self._on_revoked)
+
+    def _check_copartitioned(self) -> None:
+        """clicks, recall-requests and the changelog must have the same partition count: the worker owning
+        a user's clicks serves that user's requests and restores that user's history by partition number."""
+        t = self.s.topics
+        counts = {
+            name: len(self.restore_consumer.partitions_for_topic(name) or ())
+            for name in (t.clicks, t.recall_requests, t.history_changelog)
+        }
+        if len(set(counts.values())) != 1:
+            raise RuntimeError(
+                f"topics are not co-partitioned: {counts}; give them the same partition count "
+                f"(topics.partitions={t.partitions})"
+            )
 
     def close(self) -> None:
         for c in (self.consumer, self.restore_consumer):
@@ -170,6 +191,8 @@ class RecallWorker:
                 if batch:
                     self._process(batch)
                 self._update_lag()
+        except _Stopped as e:
+            log.info("stopped while retrying %s; the uncommitted batch will be redelivered", e)
         finally:
             self.close()
 
@@ -198,9 +221,11 @@ class RecallWorker:
             polled = self.consumer.poll(timeout_ms=timeout, max_records=w.batch_max - len(batch))
             if self._generation != gen:
                 # A rebalance ran inside poll: records gathered before it may belong to partitions now
-                # owned by another member. Drop them and rewind the ones still ours.
-                self._rewind(batch)
-                batch, gen, first = [], self._generation, 0.0
+                # owned by another member. Drop them, and what this poll returned too (kafka-python keeps
+                # the position of a partition it still owns, so keeping them would reorder the replay and
+                # make the history skip the rewound clicks), and rewind the ones still ours.
+                self._rewind(batch + [r for recs in polled.values() for r in recs])
+                batch, gen, first, polled = [], self._generation, 0.0, {}
             self._restore_pending()
             for recs in polled.values():
                 batch.extend(recs)
@@ -279,8 +304,8 @@ class RecallWorker:
                 )
             )
         for err in errors:
-            key = user_key(err.user_id) if err.user_id is not None else None
-            sends.append((t.recall_results, key, encode_error(err, version, produced), None, None))
+            err_key = user_key(err.user_id) if err.user_id is not None else None
+            sends.append((t.recall_results, err_key, encode_error(err, version, produced), None, None))
         for _, d in dead:
             sends.append((t.dlq, d.key, d.value, None, d.headers()))
         self._retry(lambda: self._send_all(sends), "publish")
@@ -339,7 +364,7 @@ class RecallWorker:
                     raise OutageError(f"{what} failing for {time.monotonic() - start:.0f}s: {e}") from e
                 log.warning("%s failed (%s); retrying in %.1fs", what, e, backoff)
                 if self.stop_event.wait(backoff):
-                    raise
+                    raise _Stopped(what) from e
                 backoff = min(backoff * 2, 10.0)
 
     def _stage(self, name: str, t0: float) -> float:
@@ -352,12 +377,14 @@ class RecallWorker:
         if self.metrics is None or time.monotonic() - self._last_lag < 2.0:
             return
         self._last_lag = time.monotonic()
-        lag: dict[str, int] = {topic: 0 for topic in self.topics}
+        # label by role, as the item writer and dead_letters_total do (bounded, the same on every deployment)
+        role = {self.s.topics.clicks: "clicks", self.s.topics.recall_requests: "recall_requests"}
+        lag: dict[str, int] = dict.fromkeys(role.values(), 0)
         for tp in list(self._assigned):
             hw = self.consumer.highwater(tp)
             pos = self._positions.get(tp)
-            if hw is not None and pos is not None:
-                lag[tp.topic] += max(0, hw - pos)
+            if hw is not None and pos is not None and tp.topic in role:
+                lag[role[tp.topic]] += max(0, hw - pos)
         for topic, n in lag.items():
             self.metrics.consumer_lag.labels(topic=topic).set(n)
 
