@@ -1,15 +1,19 @@
-"""Recall-path benchmark: through Kafka, with trained vectors, on Milvus Lite.
+"""Recall-path benchmark: through Kafka, with trained vectors, on Milvus Lite or a Milvus server.
 
 Side by side in one run:
 - batched: the streaming worker (micro-batches, one forward + one search call per batch);
 - per_request: the same worker with the original service's path (one forward and K search calls
   per request), `mind-recall worker --per-request`;
 - ceiling: capsules + exact BLAS search in-process, no Kafka, no Milvus (what the CPU can do).
-Each worker is a separate process (as deployed) with its own Milvus Lite file; requests come from
-an open-loop generator (producers/traffic.py) at rising rates; latency = request ts -> result
-produced (the worker's clock), p50/p99 over the results that arrived.
+Each worker is a separate process (as deployed) with its own Milvus Lite file, or both share one
+server (``--uri http://127.0.0.1:19530``: the export is loaded once into a persistent collection
+with ``--index``/``--index-params``, flushed and indexed before any request; ``--ef`` sets the search
+ef). Requests come from an open-loop generator (producers/traffic.py) at rising rates; latency =
+request ts -> result produced (the worker's clock), p50/p99 over the results that arrived.
 
     .venv/bin/python bench/recall.py [--users 3000 --items 50000 --rates 50,200,800 ...] [--json OUT]
+    .venv/bin/python bench/recall.py --uri http://127.0.0.1:19530 --users 150000 --items 368000 \
+        --clusters 1500 --train-batches 0 --request-users 3000 --ef 160 --rates 100,250,500,750
 """
 
 from __future__ import annotations
@@ -37,7 +41,11 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def build_model(work: Path, users: int, items: int, batches: int) -> tuple[Path, dict[int, np.ndarray]]:
+def build_model(
+    work: Path, users: int, items: int, batches: int, clusters: int = 0
+) -> tuple[Path, dict[int, np.ndarray]]:
+    """Synth data + MIND trained 1 epoch (``batches`` of 256; 0: one pass over the samples) + export.
+    ``clusters`` > 0 caps the synth topics (the generator holds a users x clusters matrix in memory)."""
     from model.data import read_train
     from model.export import export_checkpoint
     from model.synth import write_dataset
@@ -46,7 +54,7 @@ def build_model(work: Path, users: int, items: int, batches: int) -> tuple[Path,
     export = work / "export"
     if not (export / "manifest.json").is_file():
         t0 = time.perf_counter()
-        write_dataset(work / "data", users=users, items=items, seed=11)
+        write_dataset(work / "data", users=users, items=items, seed=11, **({"clusters": clusters} if clusters else {}))
         s = load(
             None,
             overrides=[
@@ -79,16 +87,28 @@ def committed(s: Settings, topic: str) -> int:
     return sum(o.offset for tp, o in offsets.items() if tp.topic == topic)
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
 def spawn_worker(s: Settings, export: Path, work: Path, name: str, per_request: bool) -> tuple[Any, Path]:
-    # --load-items fills the Lite file once (skipped when the collection already holds the export);
-    # the bench process cannot do it itself: Lite's lock stays with the process that opened the file.
-    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--roles", "recall",
-            "--export", str(export), "--load-items"]
+    # Lite: --load-items fills the worker's file once (skipped when the collection already holds the
+    # export); the bench process cannot do it itself: Lite's lock stays with the process that opened
+    # the file. Server: the bench loaded and indexed the collection before (load_server).
+    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--roles", "recall", "--export", str(export)]
+    if not is_server(s.milvus.uri):
+        args.append("--load-items")
     if per_request:
         args.append("--per-request")
     over = {
         "kafka.bootstrap_servers": s.kafka.bootstrap_servers,
-        "milvus.uri": str(work / "milvus.db"),
+        "milvus.uri": s.milvus.uri,
+        "milvus.index_type": s.milvus.index_type,
+        "milvus.index_params": json.dumps(dict(s.milvus.index_params)),
+        "milvus.search_params": json.dumps(dict(s.milvus.search_params)),
+        "milvus.collection_prefix": s.milvus.collection_prefix,
+        "milvus.alias": s.milvus.alias,
+        "milvus.timeout_s": s.milvus.timeout_s,
         "worker.group_id": s.worker.group_id,
         "worker.batch_max": s.worker.batch_max,
         "worker.batch_ms": s.worker.batch_ms,
@@ -198,22 +218,115 @@ def ceiling(export: Path, seqs: dict[int, np.ndarray], batch: int, top_k: int, r
     return out
 
 
-def lite_search_cost(s: Settings, dim: int, n_queries: list[int], top_k: int) -> dict[str, float]:
+def load_server(s: Settings, export: Path) -> dict[str, Any]:
+    """Server mode: the export's vectors into their version's collection (skipped when it already holds
+    them), then flush and wait until every row is indexed, and reload, so that searches go through
+    the index and not a growing segment. The collection is kept for the next run."""
+    from pymilvus import MilvusClient
+
+    from worker.recall import load_into_store
     from worker.store import ItemStore
 
     store = ItemStore(s.milvus)
+    t0 = time.perf_counter()
+    try:
+        coll, rows = load_into_store(store, export)
+    finally:
+        store.close()
+    load_s = time.perf_counter() - t0
+    client = MilvusClient(uri=s.milvus.uri, token=s.milvus.token or "", timeout=600)
+    try:
+        t0 = time.perf_counter()
+        info = client.describe_index(coll, client.list_indexes(coll)[0])
+        if int(info.get("indexed_rows", 0)) >= rows and int(info.get("pending_index_rows", 0)) == 0:
+            log(f"server collection {coll}: {rows} rows, already indexed (kept from an earlier run)")
+            return {"collection": coll, "rows": rows, "reused": True, "upsert_s": round(load_s, 1)}
+        client.flush(coll)
+        while True:
+            info = client.describe_index(coll, client.list_indexes(coll)[0])
+            if int(info.get("indexed_rows", 0)) >= rows and int(info.get("pending_index_rows", 0)) == 0:
+                break
+            time.sleep(1)
+        build_s = time.perf_counter() - t0
+        client.release_collection(coll)
+        client.load_collection(coll)
+    finally:
+        client.close()
+    log(f"server collection {coll}: {rows} rows, load {load_s:.1f}s, flush + index {build_s:.1f}s")
+    return {"collection": coll, "rows": rows, "upsert_s": round(load_s, 1), "flush_and_index_s": round(build_s, 1)}
+
+
+def search_cost(
+    s: Settings, export: Path, seqs: dict[int, np.ndarray], n_queries: list[int], top_k: int
+) -> dict[str, float]:
+    """ItemStore.search per call at several batch sizes: interest vectors of the tower (as served)."""
+    from model.tower import UserTower
+    from worker.recall import load_export_items
+    from worker.store import ItemStore
+
+    tower = UserTower.load(export)
+    items = load_export_items(export)
+    users = sorted(seqs)[:512]
+    hv = np.zeros((len(users), tower.maxlen, tower.dim), np.float32)
+    lengths = np.zeros(len(users), np.int64)
+    for r, u in enumerate(users):
+        v = items.lookup(seqs[u][-tower.maxlen :])[0]
+        hv[r, : len(v)], lengths[r] = v, len(v)
+    interests, n_int = tower.encode(hv, lengths)
+    pool = np.concatenate([interests[i, : max(1, int(n))] for i, n in enumerate(n_int)])
+    store = ItemStore(s.milvus)
+    coll = store.collection_name(tower.model_version)
     rng = np.random.default_rng(0)
     out = {}
     try:
-        store.search(rng.normal(size=(1, dim)).astype(np.float32), top_k)
+        store.search(pool[:1], top_k, coll)
         for n in n_queries:
-            q = rng.normal(size=(n, dim)).astype(np.float32)
             ts = []
-            for _ in range(3):
+            for _ in range(9 if n <= 64 else 3):
+                q = pool[rng.choice(len(pool), n, replace=len(pool) < n)]
                 t0 = time.perf_counter()
-                store.search(q, top_k)
+                store.search(q, top_k, coll)
                 ts.append(time.perf_counter() - t0)
             out[f"{n}_queries_ms"] = round(float(np.median(ts)) * 1000, 1)
+    finally:
+        store.close()
+    return out
+
+
+def engine_direct(
+    s: Settings, export: Path, seqs: dict[int, np.ndarray], batches: list[int], top_k: int, reps: int = 5
+) -> dict[str, Any]:
+    """The batched engine in-process against the configured Milvus (no Kafka): what one worker's
+    recall step costs per micro-batch size, by stage (history, encode, search, merge)."""
+    from model.tower import UserTower
+    from worker.recall import Query, RecallEngine, load_export_items, load_popular, store_search
+    from worker.store import ItemStore
+
+    tower = UserTower.load(export)
+    items = load_export_items(export)
+    store = ItemStore(s.milvus)
+    eng = RecallEngine(tower, store_search(store, store.collection_name(tower.model_version)), items,
+                       load_popular(export))
+    users = sorted(seqs)
+    out: dict[str, Any] = {}
+    try:
+        for b in batches:
+            times, stages = [], []
+            for rep in range(reps + 1):
+                qs = [Query(u, top_k, seqs[u][-tower.maxlen :]) for u in users[rep * b : (rep + 1) * b]]
+                t0 = time.perf_counter()
+                eng.recall(qs)
+                if rep:  # the first is a warm-up
+                    times.append(time.perf_counter() - t0)
+                    stages.append(dict(eng.stage_s))
+            med = float(np.median(times))
+            out[f"batch_{b}"] = {
+                "median_ms": round(med * 1000, 1),
+                "users_per_s": round(b / med, 1),
+                "stage_ms": {
+                    k: round(float(np.median([st.get(k, 0.0) for st in stages])) * 1000, 1) for k in stages[0]
+                },
+            }
     finally:
         store.close()
     return out
@@ -232,12 +345,31 @@ def main() -> int:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--work", default=str(ROOT / ".run" / "bench-recall"))
     ap.add_argument("--kafka", default="127.0.0.1:9092")
+    ap.add_argument("--uri", default="", help="Milvus server URI (default: Milvus Lite, one file per worker)")
+    ap.add_argument("--index", default="", help="index type (default: FLAT on Lite, HNSW on a server)")
+    ap.add_argument("--index-params", default='{"M": 16, "efConstruction": 200}', help="JSON (HNSW)")
+    ap.add_argument("--ef", type=int, default=160, help="HNSW search ef (>= top_k)")
+    ap.add_argument("--clusters", type=int, default=0, help="synth topics (0: items/25; memory ~ users x clusters)")
+    ap.add_argument("--request-users", type=int, default=0,
+                    help="replay clicks of and send requests for only the first N train users (0: all)")
+    ap.add_argument("--skip-ceiling", action="store_true")
     ap.add_argument("--json", default=None, help="also write the JSON here")
     a = ap.parse_args()
     t_start = time.perf_counter()
     work = Path(a.work) / f"u{a.users}-i{a.items}-b{a.train_batches}"
     work.mkdir(parents=True, exist_ok=True)
-    export, seqs = build_model(work, a.users, a.items, a.train_batches)
+    export, seqs = build_model(work, a.users, a.items, a.train_batches, a.clusters)
+    if a.request_users:
+        seqs = {u: seqs[u] for u in sorted(seqs)[: a.request_users]}
+    server = is_server(a.uri)
+    index = a.index or ("HNSW" if server else "FLAT")
+    hnsw = [f"milvus.index_params={a.index_params}", f'milvus.search_params={{"ef": {a.ef}}}']
+    milvus = (
+        [f"milvus.uri={a.uri}", f"milvus.index_type={index}", "milvus.collection_prefix=benchrecall_",
+         "milvus.alias=benchrecall", "milvus.timeout_s=60", *(hnsw if index == "HNSW" else [])]
+        if server
+        else [f"milvus.uri={work / 'milvus.db'}"]
+    )
     manifest = json.loads((export / "manifest.json").read_text())
     run_id = uuid.uuid4().hex[:8]
     topics = ["clicks", "item_embeddings", "recall_requests", "recall_results", "dlq", "history_changelog"]
@@ -245,7 +377,7 @@ def main() -> int:
         None,
         overrides=[
             f"kafka.bootstrap_servers={a.kafka}",
-            f"milvus.uri={work / 'milvus.db'}",
+            *milvus,
             f"worker.group_id=bench-{run_id}",
             f"topics.partitions={a.partitions}",
             "worker.batch_max=256",
@@ -258,7 +390,8 @@ def main() -> int:
     from worker.recall_worker import RecallWorker
 
     RecallWorker(s, engine=None).ensure_topics()  # type: ignore[arg-type]
-    n_clicks = replay_clicks(s, work / "data" / "train")
+    server_load = load_server(s, export) if server else None
+    n_clicks = replay_clicks(s, work / "data" / "train", users=a.request_users or None)
     log(f"{n_clicks} clicks for {len(seqs)} users published")
     users = sorted(seqs)
     result: dict[str, Any] = {
@@ -270,7 +403,13 @@ def main() -> int:
         "clicks": n_clicks,
         "top_k": a.top_k,
         "partitions": a.partitions,
-        "milvus": "Milvus Lite (embedded, FLAT)",
+        "milvus": (
+            f"Milvus server {a.uri}, {index} {s.milvus.index_params if index == 'HNSW' else ''}"
+            f" search {dict(s.milvus.search_params)}"
+            if server
+            else "Milvus Lite (embedded, FLAT)"
+        ),
+        "server_load": server_load,
         "cpus": os.cpu_count(),
         "batch_max": s.worker.batch_max,
         "batch_ms": s.worker.batch_ms,
@@ -294,8 +433,14 @@ def main() -> int:
             result[mode] = run_rates(sm, users, [float(r) for r in rates.split(",")], a.duration, a.drain_s, a.top_k)
         finally:
             stop(proc)
-    result["lite_search_call"] = lite_search_cost(s, manifest["dim"], [1, 4, 64, 256, 1024], a.top_k)
-    result["ceiling_exact_blas"] = ceiling(export, seqs, 256, a.top_k)
+    if server:
+        result["engine_direct"] = engine_direct(s, export, seqs, [16, 64, 256], a.top_k)
+        result["search_call"] = search_cost(s, export, seqs, [1, 4, 64, 256, 1024], a.top_k)
+    else:
+        result["lite_search_call"] = search_cost(s, export, seqs, [1, 4, 64, 256, 1024], a.top_k)
+    if not a.skip_ceiling:
+        reps = 3 if manifest["n_items"] > 100_000 else 5
+        result["ceiling_exact_blas"] = ceiling(export, seqs, 256, a.top_k, reps=reps)
 
     def best(rows: list[dict[str, Any]]) -> float:
         return max((r["throughput_rps"] for r in rows if r["sustained"]), default=0.0)

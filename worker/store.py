@@ -304,7 +304,12 @@ class ItemStore:
         if not len(q) or top_k <= 0:
             return ids, scores
         target = self._target(collection)
-        params: dict[str, Any] = {"metric_type": METRIC, "params": dict(self.cfg.search_params)}
+        search_params = dict(self.cfg.search_params)
+        if "ef" in search_params and int(search_params["ef"]) < top_k:
+            # HNSW needs ef >= limit (a server fails the call: "ef(64) out of range"); the retry of
+            # RecallEngine asks for more hits than the first search, so raise ef to the limit here.
+            search_params["ef"] = top_k
+        params: dict[str, Any] = {"metric_type": METRIC, "params": search_params}
 
         def run(client: Any) -> Any:
             self._ensure_loaded(client, target)
@@ -313,18 +318,19 @@ class ItemStore:
                 data=list(q),
                 limit=top_k,
                 anns_field=VECTOR_FIELD,
-                output_fields=[ID_FIELD],
+                output_fields=[],  # the pk comes with every hit (hits.ids)
                 search_params=params,
                 consistency_level=self.cfg.consistency_level,
             )
 
         result = self._call("search", run)
+        # Column-wise: each row's pks and scores as lists; iterating hits builds a dict per hit
+        # (65 ms vs 5 ms of a ~400 ms 1024-query call on the server).
         for row, hits in enumerate(result):
-            for col, hit in enumerate(hits):
-                if col >= top_k:
-                    break
-                ids[row, col] = hit.id  # the pk key name differs between Lite and a server
-                scores[row, col] = hit.distance
+            n = min(len(hits.ids), top_k)
+            if n:
+                ids[row, :n] = hits.ids[:n]
+                scores[row, :n] = hits.distances[:n]
         return ids, scores
 
     def get_vectors(self, ids: np.ndarray, collection: str | None = None) -> tuple[np.ndarray, np.ndarray]:
