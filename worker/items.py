@@ -347,13 +347,9 @@ def load_export(export_dir: str | Path) -> tuple[str, int, np.ndarray, np.ndarra
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path}: no export manifest (run `mind-recall export --out {d}`)")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    try:
-        from model.tower import load_items  # the model package's reader, when it exists
+    from model.tower import load_items
 
-        ids, vecs = load_items(str(d))
-    except ImportError:
-        with np.load(d / "items.npz") as z:
-            ids, vecs = z["ids"], z["vectors"]
+    ids, vecs = load_items(str(d))
     ids = np.asarray(ids, np.int64)
     vecs = np.asarray(vecs, np.float32)
     dim = int(manifest.get("dim", vecs.shape[1]))

@@ -233,20 +233,16 @@ class RecallEngine:
 
 
 def load_export_items(export_dir: str | Path) -> ArrayItems:
-    """The export's items.npz as an :class:`ArrayItems` (the stand-in for worker.items.ItemCache)."""
-    import json
+    """The export's item vectors as an :class:`ArrayItems` (where no live ItemCache runs)."""
+    from worker.items import load_export
 
-    d = Path(export_dir)
-    version = json.loads((d / "manifest.json").read_text())["model_version"]
-    with np.load(d / "items.npz") as z:
-        return ArrayItems(z["ids"], z["vectors"], version)
+    version, _, ids, vectors, _ = load_export(export_dir)
+    return ArrayItems(ids, vectors, version)
 
 
 def load_popular(export_dir: str | Path) -> np.ndarray:
-    try:
-        from model.tower import load_popular as _load
-    except ImportError:  # model/tower.py not there yet: the file format is fixed by the contract
-        return np.load(Path(export_dir) / "popular.npy").astype(np.int64)
+    from model.tower import load_popular as _load
+
     return np.asarray(_load(export_dir), dtype=np.int64)
 
 

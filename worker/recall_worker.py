@@ -400,17 +400,14 @@ def build_engine(
 ) -> tuple[RecallEngine, Any, Any]:
     """Tower + item lookup + Milvus search for one export; returns (engine, store, item follower or None)."""
     from model.tower import UserTower
-    from worker.recall import load_export_items, load_into_store, load_popular, store_search
+    from worker.recall import load_into_store, load_popular, store_search
 
     tower = UserTower.load(str(export_dir), use_gpu=settings.runner.use_gpu)
     follower = None
     if items is None:
-        try:
-            from worker.items import start_item_cache
-        except ImportError:
-            items = load_export_items(export_dir)
-        else:
-            items, follower = start_item_cache(settings, str(export_dir), metrics)
+        from worker.items import start_item_cache
+
+        items, follower = start_item_cache(settings, str(export_dir), metrics)
     if store is None:
         from worker.store import ItemStore
 
