@@ -1,11 +1,15 @@
-"""Shared set-up for the recall-path integration tests: ONE small MIND model trained on synth data
-and exported per test session (cached under pytest's session temp dir), plus the reference
-(evaluation-path) recall used to check the service's answers."""
+"""Shared set-up for the worker integration tests: ONE small MIND model trained on synth data and
+exported per test session (cached under pytest's session temp dir), the reference (evaluation-path)
+recall used to check the service's answers, the expected item state of an event stream, and stopping a
+worker subprocess."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +121,45 @@ def read_topic(settings: Any, topic: str, want: int, timeout_s: float = 30.0, ma
 
 def results_by_id(records: list[Any]) -> dict[str, dict[str, Any]]:
     return {b["request_id"]: b for b in (json.loads(r.value) for r in records)}
+
+
+def expected_state(events: Iterable[tuple]) -> tuple[dict[int, np.ndarray], set[int]]:
+    """The last vector per item and the ids whose last event was a delete, in stream order."""
+    state: dict[int, np.ndarray] = {}
+    deleted: set[int] = set()
+    for item_id, vec, _v, _ts in events:
+        if vec is None:
+            state.pop(item_id, None)
+            deleted.add(item_id)
+        else:
+            state[item_id] = vec
+            deleted.discard(item_id)
+    return state, deleted
+
+
+def assert_store_state(settings: Any, state: dict[int, np.ndarray], deleted: set[int]) -> None:
+    """Milvus holds exactly ``state``: every live item with its last vector, no deleted one."""
+    from worker.store import ItemStore
+
+    store = ItemStore(settings.milvus)
+    try:
+        assert store.count() == len(state)
+        ids = np.array(sorted(state), np.int64)
+        got_ids, got = store.get_vectors(np.concatenate([ids, np.array(sorted(deleted), np.int64)]))
+        order = np.argsort(got_ids)
+        assert got_ids[order].tolist() == ids.tolist()  # every live item, no deleted one
+        np.testing.assert_array_equal(got[order], np.stack([state[i] for i in ids.tolist()]))  # the LAST one
+    finally:
+        store.close()
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 30) -> int:
+    """SIGTERM and wait; a worker that does not stop gracefully fails the test."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        raise AssertionError("the worker did not stop on SIGTERM") from None

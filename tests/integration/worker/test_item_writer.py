@@ -9,11 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from recall_testkit import assert_store_state, expected_state
 
 from mind_recall.settings import Settings
 from producers.items import publish, synthetic_updates
@@ -27,36 +27,8 @@ ROOT = Path(__file__).resolve().parents[3]
 DIM = 16
 
 
-def _expected(events: Iterable[tuple]) -> tuple[dict[int, np.ndarray], set[int]]:
-    state: dict[int, np.ndarray] = {}
-    deleted: set[int] = set()
-    for item_id, vec, _v, _ts in events:
-        if vec is None:
-            state.pop(item_id, None)
-            deleted.add(item_id)
-        else:
-            state[item_id] = vec
-            deleted.discard(item_id)
-    return state, deleted
 
 
-def _assert_state(settings: Settings, state: dict[int, np.ndarray], deleted: set[int]) -> None:
-    store = ItemStore(settings.milvus)
-    try:
-        assert store.count() == len(state)
-        ids = np.array(sorted(state), np.int64)
-        got_ids, got = store.get_vectors(np.concatenate([ids, np.array(sorted(deleted), np.int64)]))
-        order = np.argsort(got_ids)
-        assert got_ids[order].tolist() == ids.tolist()  # every live item, no deleted one
-        np.testing.assert_array_equal(
-            got[order], np.stack([state[i] for i in ids.tolist()])
-        )  # the LAST vector
-        if deleted:  # deleted items never come back from search, even when queried by their own vector
-            probe = sorted(deleted)[:8]
-            hits, _ = store.search(np.stack([np.ones(DIM, np.float32)] * len(probe)), top_k=50)
-            assert not np.isin(hits, list(deleted)).any()
-    finally:
-        store.close()
 
 
 def _committed(settings: Settings) -> int:
@@ -102,7 +74,7 @@ def _wait(pred, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped
 def test_20k_updates_last_vector_wins_and_deletes_stay_deleted(settings: Settings) -> None:
     s = settings.replace(f"hyper_parameters.embedding_dim={DIM}")
     events = list(synthetic_updates(20_000, DIM, 2000, 0.05, seed=3, model_version="v1"))
-    state, deleted = _expected(events)
+    state, deleted = expected_state(events)
     assert len(deleted) > 100 and len(state) > 2000  # repeats, new items and deletes are all there
     publish(s, events[:10_000], binary=True, progress=False)
     publish(s, events[10_000:], binary=False, progress=False)  # both codecs
@@ -110,7 +82,7 @@ def test_20k_updates_last_vector_wins_and_deletes_stay_deleted(settings: Setting
     writer = ItemWriter(s, metrics)
     assert writer.run(idle_exit_s=2.0) == 0
     assert writer.committed == 20_000 and _committed(s) == 20_000
-    _assert_state(s, state, deleted)
+    assert_store_state(s, state, deleted)
     assert metrics.item_freshness._sum.get() > 0  # type: ignore[attr-defined]
     batches = metrics.registry.get_sample_value("mind_recall_item_batch_size_count")
     assert batches is not None and batches <= 40  # batched, not record by record
@@ -119,7 +91,7 @@ def test_20k_updates_last_vector_wins_and_deletes_stay_deleted(settings: Setting
 def test_kill_9_mid_stream_then_restart_loses_nothing(settings: Settings, tmp_path: Path) -> None:
     s = settings.replace(f"hyper_parameters.embedding_dim={DIM}", "worker.item_batch_max=100")
     events = list(synthetic_updates(12_000, DIM, 1000, 0.05, seed=4, model_version="v1"))
-    state, deleted = _expected(events)
+    state, deleted = expected_state(events)
     publish(s, events[:8000], binary=True, progress=False)
     proc = _writer_proc(s, tmp_path)
     try:
@@ -134,7 +106,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(settings: Settings, tmp_pa
     proc = _writer_proc(s, tmp_path, idle_exit_s=3.0, log_name="writer2.log")
     assert proc.wait(90) == 0, (tmp_path / "writer2.log").read_text()[-3000:]
     assert _committed(s) == 12_000
-    _assert_state(s, state, deleted)
+    assert_store_state(s, state, deleted)
 
 
 def _free_port() -> int:
@@ -157,7 +129,7 @@ def test_milvus_outage_pauses_then_drains(settings: Settings, tmp_path: Path) ->
         "worker.outage_limit_s=120",
     )
     events = list(synthetic_updates(6000, DIM, 1000, 0.05, seed=5, model_version="v1"))
-    state, deleted = _expected(events)
+    state, deleted = expected_state(events)
     publish(s, events[:3000], binary=True, progress=False)
     proc = _writer_proc(s, tmp_path)
     try:
@@ -170,7 +142,7 @@ def test_milvus_outage_pauses_then_drains(settings: Settings, tmp_path: Path) ->
         assert _committed(s) == 3000  # nothing committed while Milvus is down
         server, db, _ = start_server_in_thread(data_dir=data, host="127.0.0.1", port=port)
         _wait(lambda: _committed(s) == 6000, 60, "the backlog to drain")
-        _assert_state(s, state, deleted)
+        assert_store_state(s, state, deleted)
         log = (tmp_path / "writer.log").read_text()
         assert "milvus unavailable" in log and "milvus is back" in log
     finally:

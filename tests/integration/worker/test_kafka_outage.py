@@ -16,20 +16,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from recall_testkit import assert_store_state, expected_state, stop_process
 
 from mind_recall.settings import Settings, load
 from producers.items import synthetic_updates
 from worker import kafka_io
 from worker.item_writer import EXIT_OUTAGE
 from worker.items import encode_item_event
-from worker.store import ItemStore
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
@@ -154,30 +153,8 @@ def _busiest(before: dict[str, float], after: dict[str, float]) -> list[tuple[st
     return sorted(((k, round(v - before.get(k, 0.0), 2)) for k, v in after.items()), key=lambda kv: -kv[1])[:5]
 
 
-def _expected(events: Iterable[tuple]) -> tuple[dict[int, np.ndarray], set[int]]:
-    state: dict[int, np.ndarray] = {}
-    deleted: set[int] = set()
-    for item_id, vec, _v, _ts in events:
-        if vec is None:
-            state.pop(item_id, None)
-            deleted.add(item_id)
-        else:
-            state[item_id] = vec
-            deleted.discard(item_id)
-    return state, deleted
 
 
-def _assert_state(settings: Settings, state: dict[int, np.ndarray], deleted: set[int]) -> None:
-    store = ItemStore(settings.milvus)
-    try:
-        assert store.count() == len(state)
-        ids = np.array(sorted(state), np.int64)
-        got_ids, got = store.get_vectors(np.concatenate([ids, np.array(sorted(deleted), np.int64)]))
-        order = np.argsort(got_ids)
-        assert got_ids[order].tolist() == ids.tolist()  # every live item, no deleted one
-        np.testing.assert_array_equal(got[order], np.stack([state[i] for i in ids.tolist()]))  # the LAST one
-    finally:
-        store.close()
 
 
 def _committed(settings: Settings) -> int:
@@ -246,15 +223,6 @@ def _writer_proc(settings: Settings, tmp_path: Path, *overrides: str, log_name: 
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def _stop(proc: subprocess.Popen, timeout_s: float = 30) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-        raise AssertionError("the worker did not stop on SIGTERM") from None
 
 
 # -- a. the item writer rides out a broker restart -------------------------------------------------------
@@ -262,7 +230,7 @@ def test_item_writer_rides_out_a_broker_restart(broker: Broker, ksettings: Setti
     s = ksettings.replace("worker.item_batch_max=200", "worker.outage_limit_s=120")
     kafka_io.ensure_item_topic(s)
     events = list(synthetic_updates(6000, DIM, 1500, 0.05, seed=11, model_version="v1"))
-    state, deleted = _expected(events)
+    state, deleted = expected_state(events)
     proc = _writer_proc(s, tmp_path, log_name="writer.log")
     pub = Publisher(s, _item_records(s, events), rate=400)  # ~15 s of stream: the outage falls in the middle
     try:
@@ -283,12 +251,12 @@ def test_item_writer_rides_out_a_broker_restart(broker: Broker, ksettings: Setti
         assert proc.poll() is None, "the writer exited after the outage"
         assert cpu < 0.5, f"the writer used {cpu:.0%} of a core while the broker was down: {busiest}"
     finally:
-        rc = _stop(proc)
+        rc = stop_process(proc)
         log = (tmp_path / "writer.log").read_text()
         print(log[-4000:])
     assert rc == 0
     assert 'worker/item_writer.py", line' not in log  # no traceback through the writer (kafka-python logs its own)
-    _assert_state(s, state, deleted)  # Milvus Lite is file-locked: read it after the writer is gone
+    assert_store_state(s, state, deleted)  # Milvus Lite is file-locked: read it after the writer is gone
 
 
 # -- c. past the outage limit the item writer exits (code 3) without committing ------------------------
@@ -299,7 +267,7 @@ def test_item_writer_exits_after_the_outage_limit_without_commit(
     s = ksettings.replace("worker.item_batch_ms=4000", "worker.outage_limit_s=3")
     kafka_io.ensure_item_topic(s)
     events = list(synthetic_updates(300, DIM, 120, 0.05, seed=12, model_version="v1"))
-    state, deleted = _expected(events)
+    state, deleted = expected_state(events)
     proc = _writer_proc(s, tmp_path, log_name="writer.log")
     log = tmp_path / "writer.log"
     try:
@@ -314,7 +282,7 @@ def test_item_writer_exits_after_the_outage_limit_without_commit(
         took = time.monotonic() - t0
     finally:
         if proc.poll() is None:
-            _stop(proc)
+            stop_process(proc)
         broker.start()  # also when the test failed: the next tests need it
     text = log.read_text()
     assert rc == EXIT_OUTAGE, text[-3000:]
@@ -326,8 +294,8 @@ def test_item_writer_exits_after_the_outage_limit_without_commit(
     try:
         _wait(lambda: _committed(s) == len(events), 60, "a fresh writer to apply everything")
     finally:
-        assert _stop(proc) == 0
-    _assert_state(s, state, deleted)
+        assert stop_process(proc) == 0
+    assert_store_state(s, state, deleted)
 
 
 # -- b. the recall worker answers every request across a broker restart -------------------------------
@@ -420,7 +388,7 @@ def test_recall_worker_answers_every_request_across_a_broker_restart(
         # holds unsent records and the partition leaders are unknown, which happens when a result batch is in
         # flight as the broker shuts down (docs/recall.md, Outages). The writer test above bounds the consumer.
     finally:
-        rc = _stop(proc)
+        rc = stop_process(proc)
         text = log.read_text()
         print(text[-4000:])
     dup = {r for r in got if got.count(r) > 1}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from recall_testkit import stop_process
 
 from mind_recall.settings import Settings
 from worker import kafka_io
@@ -104,15 +104,6 @@ def _spawn(s: Settings, tmp: Path, export: Path, name: str, *extra: str) -> tupl
     return subprocess.Popen(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env), log
 
 
-def _stop(proc: subprocess.Popen, timeout_s: float = 30) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-        raise AssertionError("the worker did not stop on SIGTERM") from None
 
 
 def _send(s: Settings, prefix: str, n: int) -> set[str]:
@@ -187,7 +178,7 @@ def test_requests_wait_for_milvus_and_are_all_answered(
         results = _results(s)
         assert proc.poll() is None
     finally:
-        rc = _stop(proc)
+        rc = stop_process(proc)
         text = log.read_text()
         print(text[-3000:])
     got = [r["request_id"] for r in results]
@@ -212,7 +203,7 @@ def test_past_the_outage_limit_it_exits_3_without_commit_and_a_restart_answers(
         took = time.monotonic() - t0
     finally:
         if proc.poll() is None:
-            _stop(proc)
+            stop_process(proc)
     text = log.read_text()
     assert rc == EXIT_OUTAGE, text[-3000:]
     assert took >= 4 and "recall failing for" in text  # OutageError -> App -> exit code 3
@@ -225,5 +216,5 @@ def test_past_the_outage_limit_it_exits_3_without_commit_and_a_restart_answers(
         time.sleep(1)
         got = _ids(s)
     finally:
-        assert _stop(proc) == 0, log.read_text()[-3000:]
+        assert stop_process(proc) == 0, log.read_text()[-3000:]
     assert sorted(got) == sorted(before | during), "each request answered exactly once"
