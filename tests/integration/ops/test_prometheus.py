@@ -170,8 +170,8 @@ def _start_scrape_target(settings: Settings, export_base: Path, tmp_path: Path) 
     load: Load | None = None
     try:
         # up and joined: the model is loaded and both consumers report lag (set once they own partitions;
-        # the recall worker labels it with the topic name, the item writer with the role)
-        joined = ("mind_recall_model_info{", 'topic="item_embeddings"', f'topic="{settings.topics.recall_requests}"')
+        # both label it with the topic's role)
+        joined = ("mind_recall_model_info{", 'topic="item_embeddings"', 'topic="recall_requests"')
         deadline = time.monotonic() + WORKER_START_S
         while True:
             text = _scrape(port)
