@@ -163,3 +163,28 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 30) -> int:
         proc.kill()
         proc.wait(5)
         raise AssertionError("the worker did not stop on SIGTERM") from None
+
+
+def store_round_trip(store: Any, name: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Upsert 300 rows, overwrite 10, delete 10, then get and search (exact: FLAT + IP) against numpy.
+    Shared by the Milvus Lite and the Milvus server store tests; returns (ids, vectors) as first written."""
+    ids = np.arange(1, 301, dtype=np.int64)
+    vecs = rng.standard_normal((300, 8)).astype(np.float32)
+    store.upsert(name, ids, vecs, np.full(300, 5, np.int64))
+    store.upsert(name, ids[:10], vecs[:10] * 2, np.full(10, 6, np.int64))  # overwrite
+    store.delete(name, ids[290:])
+    assert store.count() == 290 and store.count(name) == 290
+
+    got_ids, got = store.get_vectors(np.array([1, 2, 295, 9999]))
+    order = np.argsort(got_ids)
+    assert got_ids[order].tolist() == [1, 2]
+    np.testing.assert_allclose(got[order], vecs[:2] * 2, rtol=1e-6)
+
+    top_ids, scores = store.search(vecs[[20, 295]], top_k=5)
+    live_vecs = vecs.copy()
+    live_vecs[:10] *= 2
+    exact = np.argsort(-(vecs[[20, 295]] @ live_vecs[:290].T), axis=1)[:, :5] + 1  # ids = row + 1
+    assert top_ids.tolist() == exact.tolist()  # FLAT + IP: exact
+    assert not np.isin(top_ids, ids[290:]).any()  # deleted ids never come back
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    return ids, vecs

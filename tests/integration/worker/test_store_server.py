@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from recall_testkit import store_round_trip
 
 from mind_recall.settings import Settings, load
 from worker.store import ItemStore, SchemaMismatch
@@ -94,25 +95,7 @@ def test_server_crud_search_and_schema_checks(store_factory) -> None:
     assert store.live() == (name, "v1.0/a", 8)
     assert store.versions() == {"v1.0/a": (name, "v1.0/a", 8)}
 
-    ids = np.arange(1, 301, dtype=np.int64)
-    vecs = rng.standard_normal((300, 8)).astype(np.float32)
-    store.upsert(name, ids, vecs, np.full(300, 5, np.int64))
-    store.upsert(name, ids[:10], vecs[:10] * 2, np.full(10, 6, np.int64))  # overwrite
-    store.delete(name, ids[290:])
-    assert store.count() == 290 and store.count(name) == 290
-
-    got_ids, got = store.get_vectors(np.array([1, 2, 295, 9999]))
-    order = np.argsort(got_ids)
-    assert got_ids[order].tolist() == [1, 2]
-    np.testing.assert_allclose(got[order], vecs[:2] * 2, rtol=1e-6)
-
-    top_ids, scores = store.search(vecs[[20, 295]], top_k=5)
-    live_vecs = vecs.copy()
-    live_vecs[:10] *= 2
-    exact = np.argsort(-(vecs[[20, 295]] @ live_vecs[:290].T), axis=1)[:, :5] + 1  # ids = row + 1
-    assert top_ids.tolist() == exact.tolist()  # FLAT + IP: exact
-    assert not np.isin(top_ids, ids[290:]).any()
-    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    _, vecs = store_round_trip(store, name, rng)
     few, few_scores = store.search(vecs[:1], top_k=400)
     assert (few[0] == -1).sum() == 110 and np.isneginf(few_scores[0, -1])
 
