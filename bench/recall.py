@@ -100,35 +100,9 @@ def spawn_worker(s: Settings, export: Path, work: Path, name: str, per_request: 
         args.append("--load-items")
     if per_request:
         args.append("--per-request")
-    over = {
-        "kafka.bootstrap_servers": s.kafka.bootstrap_servers,
-        "milvus.uri": s.milvus.uri,
-        "milvus.index_type": s.milvus.index_type,
-        "milvus.index_params": json.dumps(dict(s.milvus.index_params)),
-        "milvus.search_params": json.dumps(dict(s.milvus.search_params)),
-        "milvus.collection_prefix": s.milvus.collection_prefix,
-        "milvus.alias": s.milvus.alias,
-        "milvus.timeout_s": s.milvus.timeout_s,
-        "worker.group_id": s.worker.group_id,
-        "worker.batch_max": s.worker.batch_max,
-        "worker.batch_ms": s.worker.batch_ms,
-        "topics.partitions": s.topics.partitions,
-        "metrics.enabled": "false",
-        "worker.session_timeout_ms": 6000,
-        **{
-            f"topics.{k}": getattr(s.topics, k)
-            for k in (
-                "clicks",
-                "item_embeddings",
-                "recall_requests",
-                "recall_results",
-                "dlq",
-                "history_changelog",
-            )
-        },
-    }
-    for k, v in over.items():
-        args += ["-o", f"{k}={v}"]
+    child = s.replace("metrics.enabled=false", "worker.session_timeout_ms=6000")
+    for o in child.as_overrides():
+        args += ["-o", o]
     logf = work / f"{name}.log"
     f = open(logf, "wb")  # noqa: SIM115 - owned by the child
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MIND_RECALL_LOG": "INFO"}

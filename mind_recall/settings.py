@@ -10,6 +10,7 @@ secrets are masked whenever the settings are printed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import typing
@@ -197,6 +198,22 @@ class Settings:
 
     def dump(self, *, mask_secrets: bool = True) -> str:
         return yaml.safe_dump(self.to_dict(mask_secrets=mask_secrets), sort_keys=False)
+
+    def as_overrides(self) -> list[str]:
+        """``key=value`` for every key that differs from the defaults, so a child process started with them
+        as ``-o`` sees these settings. Secrets included: pass them only to processes you start."""
+        out: list[str] = []
+
+        def walk(cur: dict[str, Any], default: dict[str, Any], prefix: str) -> None:
+            for k, v in cur.items():
+                if isinstance(v, dict) and k not in ("index_params", "search_params"):
+                    walk(v, default[k], f"{prefix}{k}.")
+                elif v != default[k]:
+                    text = v if isinstance(v, str) else json.dumps(v)  # JSON is YAML for the typed keys
+                    out.append(f"{prefix}{k}={text}")
+
+        walk(self.to_dict(mask_secrets=False), Settings().to_dict(mask_secrets=False), "")
+        return out
 
     def replace(self, *overrides: str) -> Settings:
         """A copy with ``section.key=value`` overrides applied (values parsed as YAML)."""

@@ -259,28 +259,10 @@ def _spawn(s: Settings, name: str, tmp: Path, export: Path) -> tuple[subprocess.
     log = tmp / f"{name}.log"
     args = [sys.executable, "-m", "mind_recall.cli", "worker", "--roles", "recall",
             "--export", str(export), "--load-items"]
-    overrides = {
-        "kafka.bootstrap_servers": s.kafka.bootstrap_servers,
-        "milvus.uri": str(tmp / f"{name}.db"),
-        "worker.group_id": s.worker.group_id,
-        "worker.session_timeout_ms": "6000",
-        "worker.batch_ms": "5",
-        "topics.partitions": "4",
-        "metrics.enabled": "false",
-        **{
-            f"topics.{k}": getattr(s.topics, k)
-            for k in (
-                "clicks",
-                "item_embeddings",
-                "recall_requests",
-                "recall_results",
-                "dlq",
-                "history_changelog",
-            )
-        },
-    }
-    for k, v in overrides.items():
-        args += ["-o", f"{k}={v}"]
+    child = s.replace(f"milvus.uri={tmp / f'{name}.db'}", "worker.session_timeout_ms=6000", "worker.batch_ms=5",
+                      "topics.partitions=4", "metrics.enabled=false")
+    for o in child.as_overrides():
+        args += ["-o", o]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MIND_RECALL_LOG": "INFO"}
     f = open(log, "wb")  # noqa: SIM115 - the child owns it for its lifetime
     return subprocess.Popen(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env), log

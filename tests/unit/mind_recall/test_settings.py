@@ -104,6 +104,15 @@ def test_sections_alone_do_not_print_secrets() -> None:
         assert "tok-" not in repr(section) and "tok-" not in str(section)
 
 
+def test_as_overrides_round_trips() -> None:
+    s = load(None, overrides=[
+        "runner.epochs=9", "runner.use_gpu=true", "http.token=0123", "milvus.index_type=HNSW",
+        "milvus.index_params={M: 32, efConstruction: 200}", "worker.batch_ms=5", "topics.clicks=c-1",
+    ], env={})
+    assert load(None, overrides=s.as_overrides(), env={}) == s
+    assert Settings().as_overrides() == []
+
+
 def test_replace_keeps_the_rest() -> None:
     s = load(None, overrides=["runner.epochs=4"], env={})
     t = s.replace("runner.seed=1")
