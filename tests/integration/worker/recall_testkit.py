@@ -6,8 +6,10 @@ worker subprocess."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -188,3 +190,21 @@ def store_round_trip(store: Any, name: str, rng: np.random.Generator) -> tuple[n
     assert not np.isin(top_ids, ids[290:]).any()  # deleted ids never come back
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
     return ids, vecs
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def spawn_recall_worker(settings: Any, export: Path, log: Path, *overrides: str) -> subprocess.Popen:
+    """`mind-recall worker --roles recall` as a subprocess with ``settings`` (plus ``overrides``), its
+    output in ``log``; the test's own environment overrides are not inherited."""
+    child = settings.replace("worker.session_timeout_ms=6000", "worker.batch_ms=5", "metrics.enabled=false",
+                             *overrides)
+    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--roles", "recall",
+            "--export", str(export), "--load-items"]
+    for o in child.as_overrides():
+        args += ["-o", o]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIND_RECALL__")}
+    env.update(PYTHONPATH=str(ROOT), MIND_RECALL_LOG="INFO", PYTHONUNBUFFERED="1")
+    f = open(log, "wb")  # noqa: SIM115 - the child owns it for its lifetime
+    return subprocess.Popen(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)

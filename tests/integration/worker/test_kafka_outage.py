@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from recall_testkit import assert_store_state, expected_state, stop_process
+from recall_testkit import assert_store_state, expected_state, spawn_recall_worker, stop_process
 
 from mind_recall.settings import Settings, load
 from producers.items import synthetic_updates
@@ -301,27 +301,9 @@ def test_item_writer_exits_after_the_outage_limit_without_commit(
 # -- b. the recall worker answers every request across a broker restart -------------------------------
 def _spawn_recall(s: Settings, tmp: Path, export: Path) -> tuple[subprocess.Popen, Path]:
     log = tmp / "recall.log"
-    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--roles", "recall",
-            "--export", str(export), "--load-items"]
-    overrides = {
-        "kafka.bootstrap_servers": s.kafka.bootstrap_servers,
-        "milvus.uri": str(tmp / "recall.db"),
-        "worker.group_id": s.worker.group_id,
-        "worker.session_timeout_ms": "6000",
-        "worker.batch_ms": "5",
-        "worker.retry_backoff_s": "0.2",
-        "worker.outage_limit_s": "120",
-        "topics.partitions": "2",
-        "metrics.enabled": "false",
-        **{f"topics.{k}": getattr(s.topics, k) for k in (
-            "clicks", "item_embeddings", "recall_requests", "recall_results", "dlq", "history_changelog")},
-    }
-    for k, v in overrides.items():
-        args += ["-o", f"{k}={v}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MIND_RECALL_LOG": "INFO", "PYTHONUNBUFFERED": "1"}
-    env.pop("MIND_RECALL__MILVUS__URI", None)
-    f = open(log, "wb")  # noqa: SIM115 - the child owns it for its lifetime
-    return subprocess.Popen(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env), log
+    proc = spawn_recall_worker(s, export, log, f"milvus.uri={tmp / 'recall.db'}", "worker.retry_backoff_s=0.2",
+                               "worker.outage_limit_s=120", "topics.partitions=2")
+    return proc, log
 
 
 def _result_ids(s: Settings) -> list[str]:

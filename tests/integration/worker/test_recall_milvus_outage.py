@@ -8,17 +8,15 @@ Promise: requests wait (retry with backoff) and are all answered once Milvus is 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from recall_testkit import stop_process
+from recall_testkit import spawn_recall_worker, stop_process
 
 from mind_recall.settings import Settings
 from worker import kafka_io
@@ -79,29 +77,9 @@ def _wait(pred: Any, timeout_s: float, what: str) -> None:
 
 def _spawn(s: Settings, tmp: Path, export: Path, name: str, *extra: str) -> tuple[subprocess.Popen, Path]:
     log = tmp / f"{name}.log"
-    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--roles", "recall",
-            "--export", str(export), "--load-items"]
-    overrides = {
-        "kafka.bootstrap_servers": s.kafka.bootstrap_servers,
-        "milvus.uri": s.milvus.uri,
-        "milvus.timeout_s": "3",
-        "worker.group_id": s.worker.group_id,
-        "worker.session_timeout_ms": "6000",
-        "worker.batch_ms": "5",
-        "worker.retry_backoff_s": "0.2",
-        "topics.partitions": "2",
-        "metrics.enabled": "false",
-        **{f"topics.{k}": getattr(s.topics, k) for k in (
-            "clicks", "item_embeddings", "recall_requests", "recall_results", "dlq", "history_changelog")},
-    }
-    for k, v in overrides.items():
-        args += ["-o", f"{k}={v}"]
-    for e in extra:
-        args += ["-o", e]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MIND_RECALL_LOG": "INFO", "PYTHONUNBUFFERED": "1"}
-    env.pop("MIND_RECALL__MILVUS__URI", None)
-    f = open(log, "wb")  # noqa: SIM115 - the child owns it for its lifetime
-    return subprocess.Popen(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env), log
+    proc = spawn_recall_worker(s, export, log, "milvus.timeout_s=3", "worker.retry_backoff_s=0.2",
+                               "topics.partitions=2", *extra)
+    return proc, log
 
 
 

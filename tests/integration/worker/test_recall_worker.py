@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -16,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from recall_testkit import Reference, read_topic, results_by_id, same_ranking, train_histories
+from recall_testkit import Reference, read_topic, results_by_id, same_ranking, spawn_recall_worker, train_histories
 
 from mind_recall.settings import Settings
 from worker import kafka_io
@@ -257,15 +255,7 @@ def _committed(s: Settings, topic: str) -> int:
 
 def _spawn(s: Settings, name: str, tmp: Path, export: Path) -> tuple[subprocess.Popen[bytes], Path]:
     log = tmp / f"{name}.log"
-    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--roles", "recall",
-            "--export", str(export), "--load-items"]
-    child = s.replace(f"milvus.uri={tmp / f'{name}.db'}", "worker.session_timeout_ms=6000", "worker.batch_ms=5",
-                      "topics.partitions=4", "metrics.enabled=false")
-    for o in child.as_overrides():
-        args += ["-o", o]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MIND_RECALL_LOG": "INFO"}
-    f = open(log, "wb")  # noqa: SIM115 - the child owns it for its lifetime
-    return subprocess.Popen(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env), log
+    return spawn_recall_worker(s, export, log, f"milvus.uri={tmp / f'{name}.db'}", "topics.partitions=4"), log
 
 
 def test_two_workers_one_killed_survivor_serves_full_histories(
