@@ -140,6 +140,7 @@ class Milvus:
     search_params: dict[str, Any] = field(default_factory=dict)
     consistency_level: str = _one_of("Bounded", CONSISTENCY_LEVELS)
     timeout_s: float = _positive(10.0)
+    search_chunk: int = _positive(256)  # queries per search call; a batch's calls run concurrently
 
 
 @dataclass(frozen=True)

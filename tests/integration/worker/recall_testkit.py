@@ -5,6 +5,7 @@ worker subprocess."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -189,6 +190,18 @@ def store_round_trip(store: Any, name: str, rng: np.random.Generator) -> tuple[n
     assert top_ids.tolist() == exact.tolist()  # FLAT + IP: exact
     assert not np.isin(top_ids, ids[290:]).any()  # deleted ids never come back
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
+
+    # Chunked calls (fired together, read straight from the response) against numpy: every row, the
+    # chunk boundaries, and the padding of rows with fewer hits than asked for.
+    chunked = type(store)(dataclasses.replace(store.cfg, search_chunk=3))
+    queries = rng.standard_normal((10, 8)).astype(np.float32)
+    got_ids, got_scores = chunked.search(queries, top_k=300, collection=name)
+    chunked.close()
+    exact_scores = queries @ live_vecs[:290].T
+    order = np.argsort(-exact_scores, axis=1)
+    assert got_ids[:, :290].tolist() == (order + 1).tolist()
+    np.testing.assert_allclose(got_scores[:, :290], np.take_along_axis(exact_scores, order, 1), rtol=1e-4, atol=1e-4)
+    assert (got_ids[:, 290:] == -1).all() and np.isneginf(got_scores[:, 290:]).all()
     return ids, vecs
 
 
