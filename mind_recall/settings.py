@@ -150,6 +150,9 @@ class Worker:
     export_dir: str = "output/export"
     batch_max: int = _positive(256)
     batch_ms: float = _non_negative(2.0)
+    pipeline_depth: int = _positive(2)  # micro-batches in flight (1: one at a time)
+    commit_interval_ms: float = _non_negative(100.0)  # 0: commit after every batch
+    fetch_max_wait_ms: int = _check(10, lambda v: 1 <= v <= 500, "1..500")
     item_batch_max: int = _positive(2000)
     item_batch_ms: float = _non_negative(50.0)
     max_top_k: int = _positive(500)

@@ -3,7 +3,8 @@ evaluation and the streaming worker, so offline metrics measure what production 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -52,3 +53,53 @@ def merge(
         Candidate(int(i), float(s), int(j))
         for i, s, j in zip(flat_ids[first], flat_scores[first], interest[first], strict=True)
     ]
+
+
+def merge_batch(
+    ids: np.ndarray,
+    scores: np.ndarray,
+    top_k: Sequence[int] | np.ndarray,
+    n_interests: Sequence[int] | np.ndarray | None = None,
+    exclude: Sequence[Iterable[int]] | None = None,
+) -> list[list[Candidate]]:
+    """:func:`merge` for B users at once (``ids``/``scores`` [B, K, N], ``top_k``/``n_interests`` [B],
+    ``exclude`` one id list per user): the same lists, in a few whole-batch numpy sorts instead of
+    B small ones (the per-user calls cost ~0.2 ms each, a sixth of a serving worker's CPU)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float32)
+    if ids.shape != scores.shape or ids.ndim != 3:
+        raise ValueError(f"ids {ids.shape} and scores {scores.shape} must both be [B, K, N]")
+    b, k, _ = ids.shape
+    cut = np.asarray(top_k, dtype=np.int64).reshape(b)
+    n_int = np.full(b, k) if n_interests is None else np.clip(np.asarray(n_interests, dtype=np.int64), 0, k)
+    user = np.broadcast_to(np.arange(b)[:, None, None], ids.shape)
+    interest = np.broadcast_to(np.arange(k)[None, :, None], ids.shape)
+    keep = (ids >= 0) & (interest < n_int.reshape(b, 1, 1))
+    u, i, s, j = user[keep], ids[keep], scores[keep], interest[keep]  # (user, interest, rank) order
+    ex = [
+        np.asarray(e, dtype=np.int64).ravel() if isinstance(e, np.ndarray | list | tuple) else np.fromiter(e, np.int64)
+        for e in exclude or ()
+    ]
+    ex_i = np.concatenate(ex) if ex else np.zeros(0, np.int64)
+    # (user, item) pairs as one int64 key: items renumbered densely first, so no id overflows the key
+    uniq, dense = np.unique(np.concatenate([i, ex_i]), return_inverse=True)
+    width = max(1, uniq.size)
+    key = u * width + dense[: i.size]
+    if ex_i.size:
+        ex_u = np.repeat(np.arange(len(ex)), [e.size for e in ex])
+        keep = ~np.isin(key, ex_u * width + dense[i.size :])
+        u, i, s, j, key = u[keep], i[keep], s[keep], j[keep], key[keep]
+    # By user, best score first, then smaller id (stable: equal hits keep the lower interest, as merge()).
+    order = np.lexsort((i, -s.astype(np.float64), u))
+    u, i, s, j, key = u[order], i[order], s[order], j[order], key[order]
+    _, first = np.unique(key, return_index=True)  # first = best-scoring occurrence of each (user, item)
+    first.sort()
+    u, i, s, j = u[first], i[first], s[first], j[first]
+    starts = np.searchsorted(u, np.arange(b + 1))
+    rank = np.arange(u.size) - starts[u]
+    keep = rank < cut[u]
+    u, i, s, j = u[keep], i[keep], s[keep], j[keep]
+    bounds = np.searchsorted(u, np.arange(b + 1))
+    make = functools.partial(tuple.__new__, Candidate)  # Candidate(...) without its per-call checks
+    rows = list(map(make, zip(i.tolist(), s.tolist(), j.tolist(), strict=True)))
+    return [rows[bounds[x] : bounds[x + 1]] for x in range(b)]

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from model.merge import Candidate, merge
+from model.merge import Candidate, merge_batch
 
 log = logging.getLogger(__name__)
 
@@ -198,20 +198,30 @@ class RecallEngine:
             ids[dead] = -1  # e.g. deleted items a server still returns until a flush
             t1 = time.perf_counter()
             search_s += t1 - t0
+            # Each user's n rows into a [users, K, topn] block (padding -1) for ONE merge_batch call.
+            counts = n_int[todo]
+            user = np.repeat(np.arange(len(todo)), counts)
+            row = np.arange(user.size) - np.repeat(np.cumsum(counts) - counts, counts)
+            block_ids = np.full((len(todo), K, ids.shape[1]), -1, dtype=np.int64)  # a search may return < topn
+            block_scores = np.full(block_ids.shape, -np.inf, dtype=np.float32)
+            block_ids[user, row], block_scores[user, row] = ids, scores
+            # the last score of every list that came back full (-inf where none did)
+            full_last = np.where(raw_ids[:, -1] >= 0, scores[:, -1], -np.inf)
+            bar = np.full(len(todo), -np.inf, dtype=np.float32)
+            np.maximum.at(bar, user, full_last)
+            merged = merge_batch(
+                block_ids,
+                block_scores,
+                [queries[usable[r]].top_k for r in todo],
+                counts,
+                [hists[usable[r]] for r in todo] if self.exclude_seen else None,
+            )
             retry: list[int] = []
-            off = 0
-            for r in todo:
-                n, i = int(n_int[r]), usable[r]
-                q = queries[i]
-                sub = slice(off, off + n)
-                off += n
-                items = merge(ids[sub], scores[sub], q.top_k, n, exclude=hists[i] if self.exclude_seen else ())
-                full = raw_ids[sub, -1] >= 0
-                exact = not full.any() or (
-                    len(items) == q.top_k and items[-1].score >= float(scores[sub][full, -1].max())
-                )
+            for t, r in enumerate(todo):
+                items, q = merged[t], queries[usable[r]]
+                exact = bar[t] == -np.inf or (len(items) == q.top_k and items[-1].score >= float(bar[t]))
                 if exact or topn >= MAX_SEARCH_TOPN:
-                    out[i] = Recall(items, "mind", n)
+                    out[usable[r]] = Recall(items, "mind", int(counts[t]))
                 else:
                     retry.append(r)
             merge_s += time.perf_counter() - t1

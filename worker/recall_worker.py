@@ -6,6 +6,11 @@ records in arrival order (a click updates the in-memory history before a later r
 ONE engine call for all requests, then changelog + results + dead letters are produced, the
 producer is flushed, and only then are the offsets committed (at-least-once; results carry the
 request_id so consumers can dedupe).
+
+Pipelined: the engine call (mostly waiting on Milvus) runs on one engine thread while this thread
+publishes the previous batch and collects the next one; at most ``worker.pipeline_depth`` batches are
+in flight and they are finished (published, flushed, offsets queued for commit) strictly in order.
+Offsets are committed every ``worker.commit_interval_ms``, and always before partitions are given up.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +29,7 @@ from mind_recall.settings import Settings
 from worker import kafka_io
 from worker.history import HistoryState, restore
 from worker.kafka_io import DeadLetter, TopicPartition
-from worker.recall import Query, RecallEngine
+from worker.recall import Query, Recall, RecallEngine
 from worker.requests import (
     Limits,
     RecallRequest,
@@ -55,6 +62,21 @@ class _Pending:
     request_ts: int
 
 
+@dataclass
+class _Batch:
+    """A micro-batch between prepare (decoded, history applied, engine call submitted) and finish."""
+
+    offsets: dict[TopicPartition, int]
+    pending: list[_Pending] = field(default_factory=list)
+    errors: list[RequestError] = field(default_factory=list)
+    dead: list[tuple[str, DeadLetter]] = field(default_factory=list)
+    changelog: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    results: Future[list[Recall]] | None = None
+
+    def results_done(self) -> bool:
+        return self.results is None or self.results.done()
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -74,6 +96,11 @@ class RecallWorker:
         self._nearline_last: dict[int, float] = {}
         self._positions: dict[TopicPartition, int] = {}
         self._last_lag = 0.0
+        self._inflight: deque[_Batch] = deque()
+        self._to_commit: dict[TopicPartition, int] = {}
+        self._last_commit = time.monotonic()
+        self._callback_error: BaseException | None = None
+        self._engine_pool: ThreadPoolExecutor | None = None
         self.ready = threading.Event()  # set once partitions are assigned and restored
         self.batches = 0
         t = settings.topics
@@ -107,6 +134,8 @@ class RecallWorker:
             None,
             w.group_id,
             max_poll_records=w.batch_max,
+            # kafka-python's default (500 ms) held new requests back for up to half a second at 200 req/s
+            fetch_max_wait_ms=w.fetch_max_wait_ms,
             session_timeout_ms=w.session_timeout_ms,
             heartbeat_interval_ms=max(1000, w.session_timeout_ms // 5),
             # a batch may wait up to outage_limit_s in _retry without polling: stay in the group meanwhile
@@ -141,6 +170,12 @@ class RecallWorker:
 
     # -- rebalance (runs inside poll: memory only, the restore itself happens in the loop) ----------
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Finish and commit every batch in flight while the partitions are still ours. kafka-python logs
+        # and swallows a listener's exception, so keep it and raise it from the loop.
+        try:
+            self._drain()
+        except BaseException as e:
+            self._callback_error = e
         # Eager rebalancing revokes everything and then assigns: keep the state of revoked partitions
         # until the assignment says whether they come back (no member owns them in between).
         self._generation += 1
@@ -182,18 +217,29 @@ class RecallWorker:
         """Serve until stop() (or max_seconds); raises OutageError after a long outage."""
         if self.consumer is None:
             self.open()
+        self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="recall-engine")
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        depth = self.s.worker.pipeline_depth
         try:
             while not self.stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
+                while self._inflight and self._inflight[0].results_done():
+                    self._finish(self._inflight.popleft())
                 batch = self._collect()
+                self._raise_callback_error()
                 if self._assigned and not self._pending_restore:
                     self.ready.set()
                 if batch:
-                    self._process(batch)
+                    self._inflight.append(self._prepare(batch))
+                if self._inflight and (len(self._inflight) >= depth or not batch):
+                    self._finish(self._inflight.popleft())  # waits for its engine call
+                self._commit()
                 self._update_lag()
+            self._drain()  # a clean stop publishes and commits what is in flight
         except _Stopped as e:
-            log.info("stopped while retrying %s; the uncommitted batch will be redelivered", e)
+            log.info("stopped while retrying %s; the uncommitted batches will be redelivered", e)
         finally:
+            self.stop_event.set()  # an engine call still retrying gives up at once
+            self._engine_pool.shutdown(wait=True, cancel_futures=True)
             self.close()
 
     def stop(self) -> None:
@@ -217,7 +263,7 @@ class RecallWorker:
                     break
                 timeout = max(0, int(left_ms))
             else:
-                timeout = 100
+                timeout = 0 if self._inflight else 100  # in flight: take what is buffered, else go finish it
             polled = self.consumer.poll(timeout_ms=timeout, max_records=w.batch_max - len(batch))
             if self._generation != gen:
                 # A rebalance ran inside poll: records gathered before it may belong to partitions now
@@ -244,90 +290,108 @@ class RecallWorker:
             if tp in self._assigned:
                 self.consumer.seek(tp, off)
 
-    def _process(self, batch: list[Any]) -> None:
+    def _prepare(self, batch: list[Any]) -> _Batch:
+        """Decode and validate, apply clicks to the history in arrival order, submit the engine call."""
         m, t = self.metrics, self.s.topics
         t0 = time.perf_counter()
-        offsets: dict[TopicPartition, int] = {}
+        b = _Batch(offsets={})
         queries: list[Query] = []
-        pending: list[_Pending] = []
-        errors: list[RequestError] = []
-        dead: list[tuple[str, DeadLetter]] = []
         for r in batch:
             tp = TopicPartition(r.topic, r.partition)
-            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+            b.offsets[tp] = max(b.offsets.get(tp, 0), r.offset + 1)
             if r.topic == t.clicks:
                 c = decode_click(r, self.limits.max_record_bytes)
                 if isinstance(c, DeadLetter):
-                    dead.append(("clicks", c))
+                    b.dead.append(("clicks", c))
                     continue
                 if self.state.apply(r.partition, r.offset, c) and m is not None:
                     m.clicks.inc()
                 if self.s.worker.nearline and self._nearline_due(c.user_id):
                     queries.append(Query(c.user_id, self.s.worker.default_top_k, self.state.get(c.user_id)))
-                    pending.append(_Pending(f"nearline:{c.user_id}:{r.partition}:{r.offset}", c.user_id, c.ts))
+                    b.pending.append(_Pending(f"nearline:{c.user_id}:{r.partition}:{r.offset}", c.user_id, c.ts))
             else:
                 q = decode_request(r, self.limits)
                 if isinstance(q, DeadLetter):
-                    dead.append(("recall_requests", q))
+                    b.dead.append(("recall_requests", q))
                 elif isinstance(q, RequestError):
-                    errors.append(q)
+                    b.errors.append(q)
                 else:
                     queries.append(self._query(q))
-                    pending.append(_Pending(q.request_id, q.user_id, q.ts))
-        t1 = self._stage("decode", t0)
-        if m is not None and queries:
-            m.recall_batch_size.observe(len(queries))
-        results = self._retry(lambda: self.engine.recall(queries), "recall") if queries else []
+                    b.pending.append(_Pending(q.request_id, q.user_id, q.ts))
+        b.changelog = self.state.drain_dirty()  # this batch's history changes, published with its results
+        self._stage("decode", t0)
+        if queries:
+            if m is not None:
+                m.recall_batch_size.observe(len(queries))
+            assert self._engine_pool is not None
+            b.results = self._engine_pool.submit(self._retry, lambda: self.engine.recall(queries), "recall")
+        return b
+
+    def _finish(self, b: _Batch) -> None:
+        """Wait for the batch's results, produce changelog + results + errors + dead letters, flush, and
+        only then queue its offsets for commit (the engine call's exceptions surface here)."""
+        m, t = self.metrics, self.s.topics
+        results = b.results.result() if b.results is not None else []
         t1 = time.perf_counter()
         version = self.engine.model_version
         produced = now_ms()
         sends: list[tuple[str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None]] = []
-        for p, key, value in self.state.drain_dirty():
+        for p, key, value in b.changelog:
             sends.append((t.history_changelog, key, value, p, None))
-        for pend, res in zip(pending, results, strict=True):
-            sends.append(
-                (
-                    t.recall_results,
-                    user_key(pend.user_id),
-                    encode_result(
-                        pend.request_id,
-                        pend.user_id,
-                        res.items,
-                        version,
-                        res.n_interests,
-                        res.source,
-                        pend.request_ts,
-                        produced,
-                    ),
-                    None,
-                    None,
-                )
+        for pend, res in zip(b.pending, results, strict=True):
+            value = encode_result(
+                pend.request_id, pend.user_id, res.items, version, res.n_interests, res.source,
+                pend.request_ts, produced,
             )
-        for err in errors:
+            sends.append((t.recall_results, user_key(pend.user_id), value, None, None))
+        for err in b.errors:
             err_key = user_key(err.user_id) if err.user_id is not None else None
             sends.append((t.recall_results, err_key, encode_error(err, version, produced), None, None))
-        for _, d in dead:
+        for _, d in b.dead:
             sends.append((t.dlq, d.key, d.value, None, d.headers()))
         self._retry(lambda: self._send_all(sends), "publish")
-        t1 = self._stage("publish", t1)
+        self._stage("publish", t1)
+        for tp, off in b.offsets.items():
+            self._to_commit[tp] = max(self._to_commit.get(tp, 0), off)
+        self.batches += 1
+        if m is not None:
+            done = now_ms()
+            for pend, res in zip(b.pending, results, strict=True):
+                m.recall_latency.observe(max(0, done - pend.request_ts) / 1000)
+                m.recall_requests.labels(outcome="ok" if res.source == "mind" else "cold_start").inc()
+            if b.errors:
+                m.recall_requests.labels(outcome="error").inc(len(b.errors))
+            for role, d in b.dead:
+                m.dead_letter(role, d.error_class)
+                if role == "recall_requests":
+                    m.recall_requests.labels(outcome="dead_letter").inc()
+
+    def _drain(self) -> None:
+        """Finish every batch in flight and commit now (before a revoke, and on a clean stop)."""
+        while self._inflight:
+            self._finish(self._inflight.popleft())
+        self._commit(force=True)
+
+    def _commit(self, force: bool = False) -> None:
+        """Commit the offsets of finished (flushed) batches, at most every worker.commit_interval_ms."""
+        if not self._to_commit:
+            return
+        if not force and (time.monotonic() - self._last_commit) * 1000 < self.s.worker.commit_interval_ms:
+            return
+        t1 = time.perf_counter()
+        offsets, self._to_commit = self._to_commit, {}
+        self._last_commit = time.monotonic()
         try:
             kafka_io.commit_offsets(self.consumer, offsets)
             self._positions.update(offsets)
         except kafka_io.KafkaError as e:  # e.g. rebalanced meanwhile: the new owner redoes these (at-least-once)
             log.warning("offset commit failed, records will be redelivered: %s", e)
         self._stage("commit", t1)
-        self.batches += 1
-        if m is not None:
-            done = now_ms()
-            for pend, res in zip(pending, results, strict=True):
-                m.recall_latency.observe(max(0, done - pend.request_ts) / 1000)
-                m.recall_requests.labels(outcome="ok" if res.source == "mind" else "cold_start").inc()
-            if errors:
-                m.recall_requests.labels(outcome="error").inc(len(errors))
-            for role, d in dead:
-                m.dead_letter(role, d.error_class)
-                if role == "recall_requests":
-                    m.recall_requests.labels(outcome="dead_letter").inc()
+
+    def _raise_callback_error(self) -> None:
+        if self._callback_error is not None:
+            e, self._callback_error = self._callback_error, None
+            raise e
 
     def _query(self, q: RecallRequest) -> Query:
         return Query(q.user_id, q.top_k, q.hist_item if q.hist_item is not None else self.state.get(q.user_id))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from worker.kafka_io import DeadLetter
 
@@ -192,8 +193,9 @@ def encode_result(
     request_ts: int,
     produced_ts: int,
 ) -> bytes:
-    """The recall-results value (items are model.merge.Candidate-like)."""
-    return json.dumps(
+    """The recall-results value (items are model.merge.Candidate-like). orjson: ~10x faster than json
+    for 50 items, and a worker encodes one per request."""
+    return orjson.dumps(
         {
             "request_id": request_id,
             "user_id": int(user_id),
@@ -203,9 +205,8 @@ def encode_result(
             "source": source,
             "request_ts": int(request_ts),
             "produced_ts": int(produced_ts),
-        },
-        separators=(",", ":"),
-    ).encode()
+        }
+    )
 
 
 def encode_error(err: RequestError, model_version: str, produced_ts: int) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.merge import Candidate, merge
+from model.merge import Candidate, merge, merge_batch
 
 
 def _ids(cands: list[Candidate]) -> list[int]:
@@ -66,3 +66,29 @@ def test_shape_mismatch_is_an_error() -> None:
         merge(np.array([[1, 2]]), np.array([[0.1]]), top_k=2)
     with pytest.raises(ValueError):
         merge(np.array([1, 2]), np.array([0.1, 0.2]), top_k=2)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_merge_batch_equals_merge_per_user(seed: int) -> None:
+    """Random batches with duplicate ids across interests, equal scores, padding, excluded ids,
+    per-user top_k (0 included) and n_interests: every list equals merge() for that user."""
+    rng = np.random.default_rng(seed)
+    b, k, n = int(rng.integers(1, 12)), int(rng.integers(1, 5)), int(rng.integers(1, 30))
+    ids = rng.integers(1, 40, (b, k, n))  # few distinct ids: many duplicates
+    ids[rng.random((b, k, n)) < 0.15] = -1
+    scores = rng.integers(-5, 5, (b, k, n)).astype(np.float32) / 4  # many ties
+    top_k = rng.integers(0, 25, b)
+    n_int = rng.integers(0, k + 1, b)
+    exclude = [rng.integers(1, 40, int(rng.integers(0, 8))).tolist() for _ in range(b)]
+    got = merge_batch(ids, scores, top_k, n_int, exclude)
+    want = [merge(ids[x], scores[x], int(top_k[x]), int(n_int[x]), exclude=exclude[x]) for x in range(b)]
+    assert got == want
+
+
+def test_merge_batch_huge_ids_and_no_exclude() -> None:
+    ids = np.array([[[2**62, 5, -1]], [[5, 2**62 + 1, 7]]])
+    scores = np.array([[[0.5, 0.9, 0.0]], [[0.1, 0.2, 0.3]]], dtype=np.float32)
+    got = merge_batch(ids, scores, [2, 3])
+    assert [_ids(c) for c in got] == [[5, 2**62], [7, 2**62 + 1, 5]]
+    with pytest.raises(ValueError, match=r"\[B, K, N\]"):
+        merge_batch(ids[0], scores[0], [1])
