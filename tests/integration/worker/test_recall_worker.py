@@ -41,9 +41,12 @@ def _settings(settings: Settings, export_base: Path, *extra: str) -> Settings:
 class Running:
     """A RecallWorker in a thread of this process (sharing one Milvus Lite client with the test)."""
 
-    def __init__(self, settings: Settings, store: ItemStore) -> None:
+    def __init__(self, settings: Settings, store: ItemStore, engine_delay_s: float = 0.0) -> None:
         self.metrics = Metrics()
         engine, _, self.follower = build_engine(settings, settings.worker.export_dir, store=store, metrics=self.metrics)
+        if engine_delay_s:  # a slow engine keeps several micro-batches in flight
+            recall = engine.recall
+            engine.recall = lambda qs: (time.sleep(engine_delay_s), recall(qs))[1]  # type: ignore[method-assign]
         self.worker = RecallWorker(settings, engine, self.metrics)
         self.worker.open()
         self.error: BaseException | None = None
@@ -239,6 +242,52 @@ def test_restart_restores_history_and_nearline(
         assert body["user_id"] == u and body["source"] == "mind" and same_ranking(body["items"], want)
     finally:
         run.stop()
+
+
+def test_pipelined_batches_answer_in_order_and_commit_what_was_published(
+    settings: Settings,
+    export_base: Path,
+    store: ItemStore,
+    reference: Reference,
+) -> None:
+    """Depth 3, batches of at most 3 records, an engine that takes 40 ms, so several batches are in
+    flight while new clicks arrive. Each answer must use every click applied before its request was
+    sent and a history that only grows from one request of a user to the next (Kafka orders nothing
+    across topics, so a later click may legitimately land first); every request is answered once; a
+    clean stop publishes what is in flight and commits every offset."""
+    s = _settings(
+        settings, export_base, "worker.pipeline_depth=3", "worker.batch_max=3", "worker.commit_interval_ms=300",
+        "worker.exclude_seen=false",
+    )
+    hist = {u: h[-6:] for u, h in sorted(train_histories(export_base).items())[40:46]}
+    rounds = 3
+    per_user = {u: np.array_split(h, rounds) for u, h in hist.items()}
+    run = Running(s, store, engine_delay_s=0.04)
+    try:
+        for n in range(rounds):
+            _send(s, s.topics.clicks, [(user_key(u), encode_click(u, int(i), 1000 + n))
+                                       for u in hist for i in per_user[u][n]])
+            applied = {u: sum(len(x) for x in per_user[u][: n + 1]) for u in hist}
+            _wait(lambda a=applied: all((h := run.worker.state.get(u)) is not None and h.size >= a[u] for u in hist))
+            _requests(s, [(f"p{u}-{n}", u, 10, None) for u in hist])  # answered while the next clicks arrive
+        want = {f"p{u}-{n}" for u in hist for n in range(rounds)}
+        got = _results(s, want)
+        assert set(got) == want
+        for u, h in hist.items():
+            used = []
+            for n in range(rounds):
+                items = got[f"p{u}-{n}"]["items"]
+                lo = sum(len(x) for x in per_user[u][: n + 1])
+                m = [m for m in range(lo, len(h) + 1) if same_ranking(items, reference.recall(h[:m], 10, False))]
+                assert m, f"p{u}-{n}: no history of >= {lo} clicks gives this answer"
+                used.append(m[0])
+            assert used == sorted(used), (u, used)
+        _wait(lambda: run.worker.batches >= rounds)
+    finally:
+        run.stop()
+    assert len(read_topic(s, s.topics.recall_results, len(want) + 1, 3)) == len(want)  # answered once
+    assert _committed(s, s.topics.recall_requests) == len(want)
+    assert _committed(s, s.topics.clicks) == sum(len(h) for h in hist.values())
 
 
 def _committed(s: Settings, topic: str) -> int:
