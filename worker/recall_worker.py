@@ -490,4 +490,10 @@ def build_engine(
         exclude_seen=settings.worker.exclude_seen,
         metrics=metrics,
     )
+    t0 = time.perf_counter()
+    try:
+        engine.warm_up()
+        log.info("engine warmed up in %.2fs", time.perf_counter() - t0)
+    except Exception as e:  # e.g. Milvus not up yet: serving retries with backoff, nothing to do here
+        log.warning("engine warm-up failed (%s); the first batches will pay the set-up", e)
     return engine, store, follower

@@ -161,3 +161,9 @@ def test_filtering_stays_exact_by_searching_short_users_again() -> None:
     assert [c.item_id for c in r[0].items] == [c.item_id for c in want]
     assert eng.retried >= 1 and len(search.calls) >= 2
     assert not {c.item_id for c in r[0].items} & (dead | set(hist.tolist()))
+
+
+def test_warm_up_runs_one_forward_and_one_search() -> None:
+    eng, tower, search = engine()
+    eng.warm_up()
+    assert tower.calls == [1] and search.calls == [K]  # popular ids 5, 4, 3, 2, 1 are known: K interests
