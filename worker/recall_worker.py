@@ -152,6 +152,10 @@ class RecallWorker:
             name: len(self.restore_consumer.partitions_for_topic(name) or ())
             for name in (t.clicks, t.recall_requests, t.history_changelog)
         }
+        for name in self.topics:
+            # the group consumer's own metadata too: subscribing before it knows the topics gave a first
+            # assignment of nothing and an extra rebalance, the path on which kafka-python once hung
+            self.consumer.partitions_for_topic(name)
         if len(set(counts.values())) != 1:
             raise RuntimeError(
                 f"topics are not co-partitioned: {counts}; give them the same partition count "
