@@ -10,7 +10,8 @@ request_id so consumers can dedupe).
 Pipelined: the engine call (mostly waiting on Milvus) runs on one engine thread while this thread
 publishes the previous batch and collects the next one; at most ``worker.pipeline_depth`` batches are
 in flight and they are finished (published, flushed, offsets queued for commit) strictly in order.
-Offsets are committed every ``worker.commit_interval_ms``, and always before partitions are given up.
+Offsets are committed every ``worker.commit_interval_ms``. A rebalance (inside poll) makes every batch
+still in flight stale: it is dropped unpublished and its records are read again (``_drop_inflight``).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class _Pending:
 class _Batch:
     """A micro-batch between prepare (decoded, history applied, engine call submitted) and finish."""
 
-    offsets: dict[TopicPartition, int]
+    offsets: dict[TopicPartition, int]  # next offset to read, per partition
+    first: dict[TopicPartition, int]  # lowest offset in the batch, per partition (to read it again)
     pending: list[_Pending] = field(default_factory=list)
     errors: list[RequestError] = field(default_factory=list)
     dead: list[tuple[str, DeadLetter]] = field(default_factory=list)
@@ -99,7 +101,7 @@ class RecallWorker:
         self._inflight: deque[_Batch] = deque()
         self._to_commit: dict[TopicPartition, int] = {}
         self._last_commit = time.monotonic()
-        self._callback_error: BaseException | None = None
+        self._changelog_carry: list[tuple[int, bytes, bytes]] = []  # of dropped batches, see _drop_inflight
         self._engine_pool: ThreadPoolExecutor | None = None
         self.ready = threading.Event()  # set once partitions are assigned and restored
         self.batches = 0
@@ -174,12 +176,8 @@ class RecallWorker:
 
     # -- rebalance (runs inside poll: memory only, the restore itself happens in the loop) ----------
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Finish and commit every batch in flight while the partitions are still ours. kafka-python logs
-        # and swallows a listener's exception, so keep it and raise it from the loop.
-        try:
-            self._drain()
-        except BaseException as e:
-            self._callback_error = e
+        # kafka-python 3 runs listeners on its IO thread, where a blocking call (commit, flush) raises:
+        # batches in flight cannot be finished here; _collect drops them (see _drop_inflight).
         # Eager rebalancing revokes everything and then assigns: keep the state of revoked partitions
         # until the assignment says whether they come back (no member owns them in between).
         self._generation += 1
@@ -229,7 +227,6 @@ class RecallWorker:
                 while self._inflight and self._inflight[0].results_done():
                     self._finish(self._inflight.popleft())
                 batch = self._collect()
-                self._raise_callback_error()
                 if self._assigned and not self._pending_restore:
                     self.ready.set()
                 if batch:
@@ -274,7 +271,8 @@ class RecallWorker:
                 # owned by another member. Drop them, and what this poll returned too (kafka-python keeps
                 # the position of a partition it still owns, so keeping them would reorder the replay and
                 # make the history skip the rewound clicks), and rewind the ones still ours.
-                self._rewind(batch + [r for recs in polled.values() for r in recs])
+                # The same goes for every batch still in flight (prepared before the rebalance).
+                self._rewind(batch + [r for recs in polled.values() for r in recs], self._drop_inflight())
                 batch, gen, first, polled = [], self._generation, 0.0, {}
             self._restore_pending()
             for recs in polled.values():
@@ -285,8 +283,9 @@ class RecallWorker:
                 first = time.monotonic()
         return batch
 
-    def _rewind(self, records: list[Any]) -> None:
-        low: dict[TopicPartition, int] = {}
+    def _rewind(self, records: list[Any], low: dict[TopicPartition, int] | None = None) -> None:
+        """Seek the partitions still ours back to the lowest of these records / offsets."""
+        low = dict(low or {})
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             low[tp] = min(low.get(tp, r.offset), r.offset)
@@ -294,15 +293,37 @@ class RecallWorker:
             if tp in self._assigned:
                 self.consumer.seek(tp, off)
 
+    def _drop_inflight(self) -> dict[TopicPartition, int]:
+        """After a rebalance: drop every batch in flight unpublished and return the lowest offset each
+        held per partition (to read them again). Their engine calls run on and are ignored. Their clicks
+        are already in the history, so the replay skips them (offset check) and would never write their
+        changelog entries: those are carried to the next published batch, for the partitions still held."""
+        low: dict[TopicPartition, int] = {}
+        held = self.state.partitions()
+        dropped = 0
+        while self._inflight:
+            b = self._inflight.popleft()
+            dropped += len(b.pending)
+            if b.results is not None:
+                b.results.cancel()  # not started yet: never runs; running: its result is ignored
+            self._changelog_carry += [e for e in b.changelog if e[0] in held]
+            for tp, off in b.first.items():
+                low[tp] = min(low.get(tp, off), off)
+        self._to_commit = {tp: off for tp, off in self._to_commit.items() if tp in self._assigned}
+        if dropped:
+            log.info("rebalance: %d requests in flight dropped unpublished; their records are read again", dropped)
+        return low
+
     def _prepare(self, batch: list[Any]) -> _Batch:
         """Decode and validate, apply clicks to the history in arrival order, submit the engine call."""
         m, t = self.metrics, self.s.topics
         t0 = time.perf_counter()
-        b = _Batch(offsets={})
+        b = _Batch(offsets={}, first={})
         queries: list[Query] = []
         for r in batch:
             tp = TopicPartition(r.topic, r.partition)
             b.offsets[tp] = max(b.offsets.get(tp, 0), r.offset + 1)
+            b.first[tp] = min(b.first.get(tp, r.offset), r.offset)
             if r.topic == t.clicks:
                 c = decode_click(r, self.limits.max_record_bytes)
                 if isinstance(c, DeadLetter):
@@ -340,7 +361,8 @@ class RecallWorker:
         version = self.engine.model_version
         produced = now_ms()
         sends: list[tuple[str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None]] = []
-        for p, key, value in b.changelog:
+        carry, self._changelog_carry = self._changelog_carry, []
+        for p, key, value in carry + b.changelog:
             sends.append((t.history_changelog, key, value, p, None))
         for pend, res in zip(b.pending, results, strict=True):
             value = encode_result(
@@ -371,7 +393,7 @@ class RecallWorker:
                     m.recall_requests.labels(outcome="dead_letter").inc()
 
     def _drain(self) -> None:
-        """Finish every batch in flight and commit now (before a revoke, and on a clean stop)."""
+        """Finish every batch in flight and commit now (on a clean stop)."""
         while self._inflight:
             self._finish(self._inflight.popleft())
         self._commit(force=True)
@@ -391,11 +413,6 @@ class RecallWorker:
         except kafka_io.KafkaError as e:  # e.g. rebalanced meanwhile: the new owner redoes these (at-least-once)
             log.warning("offset commit failed, records will be redelivered: %s", e)
         self._stage("commit", t1)
-
-    def _raise_callback_error(self) -> None:
-        if self._callback_error is not None:
-            e, self._callback_error = self._callback_error, None
-            raise e
 
     def _query(self, q: RecallRequest) -> Query:
         return Query(q.user_id, q.top_k, q.hist_item if q.hist_item is not None else self.state.get(q.user_id))

@@ -290,6 +290,40 @@ def test_pipelined_batches_answer_in_order_and_commit_what_was_published(
     assert _committed(s, s.topics.clicks) == sum(len(h) for h in hist.values())
 
 
+def test_rebalance_with_batches_in_flight_drops_and_rereads_them(
+    settings: Settings,
+    export_base: Path,
+    store: ItemStore,
+    reference: Reference,
+) -> None:
+    """A second member joins while the first has micro-batches in flight (slow engine, depth 3): the
+    first drops them unpublished and reads them again, the second restores full histories from the
+    changelog (the clicks' entries are published even when their batch was dropped), and every request
+    gets its correct answer."""
+    s = _settings(settings, export_base, "worker.pipeline_depth=3", "worker.batch_max=2", "worker.exclude_seen=false")
+    hist = {u: h[-8:] for u, h in sorted(train_histories(export_base).items())[50:58]}
+    a = Running(s, store, engine_delay_s=0.15)
+    b = None
+    try:
+        # clicks and requests together: the click batches are in flight too when the rebalance comes
+        _clicks(s, hist)
+        _wait(lambda: all((h := a.worker.state.get(u)) is not None and h.size == len(hist[u]) for u in hist))
+        reqs = [(f"x{u}-{n}", u, 10, None) for n in range(4) for u in hist]
+        _requests(s, reqs)
+        _wait(lambda: a.worker.batches >= 1)
+        b = Running(s, store, engine_delay_s=0.15)  # joins: both rebalance with batches in flight on `a`
+        got = _results(s, {r[0] for r in reqs}, timeout_s=60)
+        assert set(got) == {r[0] for r in reqs}
+        for rid, u, k, _ in reqs:
+            assert same_ranking(got[rid]["items"], reference.recall(hist[u], k, exclude_seen=False)), rid
+        pa, pb = a.worker.owned_partitions(), b.worker.owned_partitions()
+        assert pa | pb == set(range(s.topics.partitions)) and not pa & pb and pa and pb
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+
+
 def _committed(s: Settings, topic: str) -> int:
     """Sum of the worker group's committed offsets on ``topic``."""
     admin = kafka_io.make_admin(s)
