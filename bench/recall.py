@@ -108,12 +108,12 @@ def spawn_worker(s: Settings, export: Path, work: Path, name: str, per_request: 
     logf = work / f"{name}.log"
     f = open(logf, "wb")  # noqa: SIM115 - owned by the child
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MIND_RECALL_LOG": "INFO"}
-    base = BASE_NICE  # the worker runs at the niceness the bench started with, whatever --generator-nice did
-
-    def renice() -> None:
-        os.setpriority(os.PRIO_PROCESS, 0, base)
-
-    return subprocess.Popen(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=renice), logf
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if os.getpriority(os.PRIO_PROCESS, 0) != BASE_NICE:
+        # --generator-nice: the worker runs at the bench's original niceness (lowering it needs root;
+        # not preexec_fn: forking a process with gRPC threads and running Python in the child broke it)
+        os.setpriority(os.PRIO_PROCESS, proc.pid, BASE_NICE)
+    return proc, logf
 
 
 def wait_ready(proc: Any, logf: Path, timeout_s: float = 120) -> None:

@@ -81,18 +81,31 @@ def merge_batch(
         for e in exclude or ()
     ]
     ex_i = np.concatenate(ex) if ex else np.zeros(0, np.int64)
-    # (user, item) pairs as one int64 key: items renumbered densely first, so no id overflows the key
-    uniq, dense = np.unique(np.concatenate([i, ex_i]), return_inverse=True)
-    width = max(1, uniq.size)
-    key = u * width + dense[: i.size]
-    if ex_i.size:
-        ex_u = np.repeat(np.arange(len(ex)), [e.size for e in ex])
-        keep = ~np.isin(key, ex_u * width + dense[i.size :])
-        u, i, s, j, key = u[keep], i[keep], s[keep], j[keep], key[keep]
-    # By user, best score first, then smaller id (stable: equal hits keep the lower interest, as merge()).
-    order = np.lexsort((i, -s.astype(np.float64), u))
-    u, i, s, j, key = u[order], i[order], s[order], j[order], key[order]
-    _, first = np.unique(key, return_index=True)  # first = best-scoring occurrence of each (user, item)
+    ex_u = np.repeat(np.arange(len(ex)), [e.size for e in ex]) if ex else np.zeros(0, np.int64)
+    # (user, item) pairs as one int64 key; items renumbered densely first if raw ids could overflow it
+    top = int(max(i.max(initial=0), ex_i.max(initial=0))) + 1
+    if b * top < 2**62:
+        pair, ex_pair = u * top + i, ex_u * top + ex_i
+    else:
+        _, dense = np.unique(np.concatenate([i, ex_i]), return_inverse=True)
+        pair, ex_pair = u * (dense.size + 1) + dense[: i.size], ex_u * (dense.size + 1) + dense[i.size :]
+    if ex_pair.size:
+        ex_pair = np.sort(ex_pair)
+        at = np.minimum(np.searchsorted(ex_pair, pair), ex_pair.size - 1)
+        keep = ex_pair[at] != pair
+        u, i, s, j, pair = u[keep], i[keep], s[keep], j[keep], pair[keep]
+    # Order by user, best score first, then smaller id: one stable int sort, a second only when scores
+    # tie (numpy's 3-key lexsort costs 3x). The score becomes an unsigned key that sorts descending;
+    # -0.0 is folded into 0.0.
+    bits = (s + np.float32(0.0)).view(np.int32).astype(np.int64)
+    ascending = np.where(bits < 0, ~bits & 0xFFFFFFFF, bits | 0x80000000)
+    key = (u << 32) | (0xFFFFFFFF - ascending)
+    order = np.argsort(key, kind="stable")
+    if np.any(key[order][1:] == key[order][:-1]):  # equal scores within a user: ids break the tie
+        order = np.argsort(i, kind="stable")
+        order = order[np.argsort(key[order], kind="stable")]  # equal (user, score, id): lower interest first
+    u, i, s, j, pair = u[order], i[order], s[order], j[order], pair[order]
+    _, first = np.unique(pair, return_index=True)  # first = best-scoring occurrence of each (user, item)
     first.sort()
     u, i, s, j = u[first], i[first], s[first], j[first]
     starts = np.searchsorted(u, np.arange(b + 1))
