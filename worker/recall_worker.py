@@ -260,9 +260,14 @@ class RecallWorker:
         while not self.stop_event.is_set():
             if batch:
                 left_ms = w.batch_ms - (time.monotonic() - first) * 1000
-                if left_ms <= 0 or len(batch) >= w.batch_max:
+                if len(batch) >= w.batch_max:
                     break
-                timeout = max(0, int(left_ms))
+                if left_ms > 0:
+                    timeout = max(0, int(left_ms))
+                elif self._engine_busy():
+                    timeout = 1  # the engine could not start it yet: keep gathering (batches grow with load)
+                else:
+                    break
             else:
                 timeout = 0 if self._inflight else 100  # in flight: take what is buffered, else go finish it
             polled = self.consumer.poll(timeout_ms=timeout, max_records=w.batch_max - len(batch))
@@ -282,6 +287,9 @@ class RecallWorker:
             if not first:
                 first = time.monotonic()
         return batch
+
+    def _engine_busy(self) -> bool:
+        return any(b.results is not None and not b.results.done() for b in self._inflight)
 
     def _rewind(self, records: list[Any], low: dict[TopicPartition, int] | None = None) -> None:
         """Seek the partitions still ours back to the lowest of these records / offsets."""
