@@ -102,6 +102,8 @@ class RecallWorker:
         self._to_commit: dict[TopicPartition, int] = {}
         self._last_commit = time.monotonic()
         self._changelog_carry: list[tuple[int, bytes, bytes]] = []  # of dropped batches, see _drop_inflight
+        self._pending_seek: dict[TopicPartition, int] = {}  # see _rewind
+        self._assigning = False  # revoked, not assigned yet
         self._engine_pool: ThreadPoolExecutor | None = None
         self.ready = threading.Event()  # set once partitions are assigned and restored
         self.batches = 0
@@ -181,12 +183,14 @@ class RecallWorker:
         # Eager rebalancing revokes everything and then assigns: keep the state of revoked partitions
         # until the assignment says whether they come back (no member owns them in between).
         self._generation += 1
+        self._assigning = True
         self._revoked_state |= {tp.partition for tp in revoked if tp.topic == self.s.topics.clicks}
         self._assigned -= set(revoked)
         log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         self._generation += 1
+        self._assigning = False
         self._assigned |= set(assigned)
         clicks = {tp.partition for tp in assigned if tp.topic == self.s.topics.clicks}
         gone = self._revoked_state - clicks
@@ -292,14 +296,22 @@ class RecallWorker:
         return any(b.results is not None and not b.results.done() for b in self._inflight)
 
     def _rewind(self, records: list[Any], low: dict[TopicPartition, int] | None = None) -> None:
-        """Seek the partitions still ours back to the lowest of these records / offsets."""
-        low = dict(low or {})
+        """Seek the partitions that are ours back to the lowest of these records / offsets. kafka-python
+        may revoke in one poll and assign in a later one: between the two nothing is assigned, so the
+        seeks wait in ``_pending_seek`` until the assignment says which partitions stayed (the others'
+        new owners read them from the committed offset)."""
+        want = dict(self._pending_seek)
+        for tp, off in (low or {}).items():
+            want[tp] = min(want.get(tp, off), off)
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
-            low[tp] = min(low.get(tp, r.offset), r.offset)
-        for tp, off in low.items():
+            want[tp] = min(want.get(tp, r.offset), r.offset)
+        self._pending_seek = {}
+        for tp, off in want.items():
             if tp in self._assigned:
                 self.consumer.seek(tp, off)
+            elif self._assigning:
+                self._pending_seek[tp] = off
 
     def _drop_inflight(self) -> dict[TopicPartition, int]:
         """After a rebalance: drop every batch in flight unpublished and return the lowest offset each
