@@ -133,12 +133,18 @@ def subscribe_with_listener(
     topics: Iterable[str],
     on_assigned: Callable[[list[TopicPartition]], None],
     on_revoked: Callable[[list[TopicPartition]], None],
+    on_lost: Callable[[list[TopicPartition]], None] | None = None,
 ) -> None:
-    """Subscribe with rebalance callbacks (they run inside ``poll``; keep them short, no blocking IO)."""
+    """Subscribe with rebalance callbacks (they run inside ``poll``; keep them short, no blocking IO).
+    ``on_lost``: the member was evicted (session expiry, unknown member), so others may have processed
+    its partitions meanwhile; defaults to ``on_revoked``."""
 
     class _Listener(ConsumerRebalanceListener):
         def on_partitions_revoked(self, revoked: Any) -> None:
             on_revoked(list(revoked))
+
+        def on_partitions_lost(self, lost: Any) -> None:
+            (on_lost or on_revoked)(list(lost))
 
         def on_partitions_assigned(self, assigned: Any) -> None:
             on_assigned(list(assigned))

@@ -73,6 +73,7 @@ class _Batch:
     errors: list[RequestError] = field(default_factory=list)
     dead: list[tuple[str, DeadLetter]] = field(default_factory=list)
     changelog: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    error_at: list[int] = field(default_factory=list)  # per error: how many results arrived before it
     results: Future[list[Recall]] | None = None
 
     def results_done(self) -> bool:
@@ -146,7 +147,7 @@ class RecallWorker:
             max_poll_interval_ms=int(max(300.0, w.outage_limit_s + 60.0) * 1000),
         )
         self._check_copartitioned()
-        kafka_io.subscribe_with_listener(self.consumer, self.topics, self._on_assigned, self._on_revoked)
+        kafka_io.subscribe_with_listener(self.consumer, self.topics, self._on_assigned, self._on_revoked, self._on_lost)
 
     def _check_copartitioned(self) -> None:
         """clicks, recall-requests and the changelog must have the same partition count: the worker owning
@@ -188,12 +189,28 @@ class RecallWorker:
         self._assigned -= set(revoked)
         log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
+    def _on_lost(self, lost: list[TopicPartition]) -> None:
+        # Evicted from the group: another member may have served these partitions meanwhile, so nothing
+        # local about them can be trusted: drop their history (restored from the changelog if they come
+        # back), their queued offsets and carried changelog entries.
+        parts = {tp.partition for tp in lost if tp.topic == self.s.topics.clicks}
+        self._on_revoked(lost)
+        self._revoked_state -= parts
+        self.state.drop_partitions(parts)
+        self._changelog_carry = [e for e in self._changelog_carry if e[0] not in parts]
+        self._to_commit = {tp: off for tp, off in self._to_commit.items() if tp not in set(lost)}
+        log.warning("partitions lost (evicted from the group): %s", sorted((tp.topic, tp.partition) for tp in lost))
+
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         self._generation += 1
         self._assigning = False
         self._assigned |= set(assigned)
         clicks = {tp.partition for tp in assigned if tp.topic == self.s.topics.clicks}
         gone = self._revoked_state - clicks
+        # what belonged to partitions now gone: their new owner answers and commits from the committed
+        # offset; a carried (older) changelog entry published later would overwrite its newer one
+        self._changelog_carry = [e for e in self._changelog_carry if e[0] not in gone]
+        self._to_commit = {tp: off for tp, off in self._to_commit.items() if tp in self._assigned}
         self.state.drop_partitions(gone)
         self._pending_restore -= gone
         self._revoked_state.clear()
@@ -329,7 +346,6 @@ class RecallWorker:
             self._changelog_carry += [e for e in b.changelog if e[0] in held]
             for tp, off in b.first.items():
                 low[tp] = min(low.get(tp, off), off)
-        self._to_commit = {tp: off for tp, off in self._to_commit.items() if tp in self._assigned}
         if dropped:
             log.info("rebalance: %d requests in flight dropped unpublished; their records are read again", dropped)
         return low
@@ -360,6 +376,7 @@ class RecallWorker:
                     b.dead.append(("recall_requests", q))
                 elif isinstance(q, RequestError):
                     b.errors.append(q)
+                    b.error_at.append(len(b.pending))
                 else:
                     queries.append(self._query(q))
                     b.pending.append(_Pending(q.request_id, q.user_id, q.ts))
@@ -384,15 +401,18 @@ class RecallWorker:
         carry, self._changelog_carry = self._changelog_carry, []
         for p, key, value in carry + b.changelog:
             sends.append((t.history_changelog, key, value, p, None))
-        for pend, res in zip(b.pending, results, strict=True):
+        answers: list[tuple[int, int, tuple[str, bytes | None, bytes | None, None, None]]] = []  # arrival order
+        for n, (pend, res) in enumerate(zip(b.pending, results, strict=True)):
             value = encode_result(
                 pend.request_id, pend.user_id, res.items, version, res.n_interests, res.source,
                 pend.request_ts, produced,
             )
-            sends.append((t.recall_results, user_key(pend.user_id), value, None, None))
-        for err in b.errors:
+            answers.append((n, 1, (t.recall_results, user_key(pend.user_id), value, None, None)))
+        for at, err in zip(b.error_at, b.errors, strict=True):
             err_key = user_key(err.user_id) if err.user_id is not None else None
-            sends.append((t.recall_results, err_key, encode_error(err, version, produced), None, None))
+            answers.append((at, 0, (t.recall_results, err_key, encode_error(err, version, produced), None, None)))
+        answers.sort(key=lambda a: (a[0], a[1]))  # stable: errors keep their order among themselves
+        sends.extend(a[2] for a in answers)
         for _, d in b.dead:
             sends.append((t.dlq, d.key, d.value, None, d.headers()))
         self._retry(lambda: self._send_all(sends), "publish")
@@ -431,7 +451,10 @@ class RecallWorker:
             kafka_io.commit_offsets(self.consumer, offsets)
             self._positions.update(offsets)
         except kafka_io.KafkaError as e:  # e.g. rebalanced meanwhile: the new owner redoes these (at-least-once)
-            log.warning("offset commit failed, records will be redelivered: %s", e)
+            log.warning("offset commit failed; retried with the next commit where the partition is still ours: %s", e)
+            for tp, off in offsets.items():
+                if tp in self._assigned:
+                    self._to_commit[tp] = max(self._to_commit.get(tp, 0), off)
         self._stage("commit", t1)
 
     def _query(self, q: RecallRequest) -> Query:
@@ -451,10 +474,13 @@ class RecallWorker:
     def _send_all(self, sends: list[tuple[str, bytes | None, bytes | None, int | None, Any]]) -> None:
         futures = [(s, self.producer.send(s[0], key=s[1], value=s[2], partition=s[3], headers=s[4])) for s in sends]
         self.producer.flush()
-        failed = [(s, f) for s, f in futures if f.failed()]
+        failed = [n for n, (_, f) in enumerate(futures) if f.failed()]
         if failed:
-            sends[:] = [s for s, _ in failed]  # only these are retried
-            raise kafka_io.KafkaError(f"{len(failed)} of {len(futures)} sends failed: {failed[0][1].exception}")
+            # retry from the first failure on, in order: re-sending only the failed ones could put a
+            # user's older result or changelog entry after a newer one
+            first = futures[failed[0]][1]
+            del sends[: failed[0]]
+            raise kafka_io.KafkaError(f"{len(failed)} of {len(futures)} sends failed: {first.exception}")
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
         """Retry with backoff while the outage lasts less than worker.outage_limit_s (never drop)."""
