@@ -334,6 +334,7 @@ def main() -> int:
     ap.add_argument("--request-users", type=int, default=0,
                     help="replay clicks of and send requests for only the first N train users (0: all)")
     ap.add_argument("--skip-ceiling", action="store_true")
+    ap.add_argument("--batch-ms", type=float, default=5.0, help="worker.batch_ms of both workers")
     ap.add_argument("--json", default=None, help="also write the JSON here")
     ap.add_argument("--generator-nice", type=int, default=0,
                     help="run this process (load generator + result reader) at this niceness, the workers at the "
@@ -367,7 +368,7 @@ def main() -> int:
             f"worker.group_id=bench-{run_id}",
             f"topics.partitions={a.partitions}",
             "worker.batch_max=256",
-            "worker.batch_ms=5",
+            f"worker.batch_ms={a.batch_ms}",
             *[f"topics.{t}=bench-{run_id}-{t.replace('_', '-')}" for t in topics],
         ],
         env={},
