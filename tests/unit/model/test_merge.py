@@ -71,7 +71,8 @@ def test_shape_mismatch_is_an_error() -> None:
 @pytest.mark.parametrize("seed", range(20))
 def test_merge_batch_equals_merge_per_user(seed: int) -> None:
     """Random batches with duplicate ids across interests, equal scores, padding, excluded ids,
-    per-user top_k (0 included) and n_interests: every list equals merge() for that user."""
+    per-user top_k (0 included) and n_interests: batching users together changes no user's list
+    (merge() is the one-user call; the cases above pin down what a list must be)."""
     rng = np.random.default_rng(seed)
     b, k, n = int(rng.integers(1, 12)), int(rng.integers(1, 5)), int(rng.integers(1, 30))
     ids = rng.integers(1, 40, (b, k, n))  # few distinct ids: many duplicates
