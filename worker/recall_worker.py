@@ -69,12 +69,10 @@ class _Batch:
 
     offsets: dict[TopicPartition, int]  # next offset to read, per partition
     first: dict[TopicPartition, int]  # lowest offset in the batch, per partition (to read it again)
-    pending: list[_Pending] = field(default_factory=list)
-    errors: list[RequestError] = field(default_factory=list)
+    answers: list[_Pending | RequestError] = field(default_factory=list)  # arrival order; results for _Pending
     dead: list[tuple[str, DeadLetter]] = field(default_factory=list)
     changelog: list[tuple[int, bytes, bytes]] = field(default_factory=list)
-    error_at: list[int] = field(default_factory=list)  # per error: how many results arrived before it
-    results: Future[list[Recall]] | None = None
+    results: Future[list[Recall]] | None = None  # one per _Pending in answers, in order
 
     def results_done(self) -> bool:
         return self.results is None or self.results.done()
@@ -198,7 +196,8 @@ class RecallWorker:
         self._revoked_state -= parts
         self.state.drop_partitions(parts)
         self._changelog_carry = [e for e in self._changelog_carry if e[0] not in parts]
-        self._to_commit = {tp: off for tp, off in self._to_commit.items() if tp not in set(lost)}
+        lost_set = set(lost)
+        self._to_commit = {tp: off for tp, off in self._to_commit.items() if tp not in lost_set}
         log.warning("partitions lost (evicted from the group): %s", sorted((tp.topic, tp.partition) for tp in lost))
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -340,7 +339,7 @@ class RecallWorker:
         dropped = 0
         while self._inflight:
             b = self._inflight.popleft()
-            dropped += len(b.pending)
+            dropped += len(b.answers)
             if b.results is not None:
                 b.results.cancel()  # not started yet: never runs; running: its result is ignored
             self._changelog_carry += [e for e in b.changelog if e[0] in held]
@@ -369,17 +368,16 @@ class RecallWorker:
                     m.clicks.inc()
                 if self.s.worker.nearline and self._nearline_due(c.user_id):
                     queries.append(Query(c.user_id, self.s.worker.default_top_k, self.state.get(c.user_id)))
-                    b.pending.append(_Pending(f"nearline:{c.user_id}:{r.partition}:{r.offset}", c.user_id, c.ts))
+                    b.answers.append(_Pending(f"nearline:{c.user_id}:{r.partition}:{r.offset}", c.user_id, c.ts))
             else:
                 q = decode_request(r, self.limits)
                 if isinstance(q, DeadLetter):
                     b.dead.append(("recall_requests", q))
                 elif isinstance(q, RequestError):
-                    b.errors.append(q)
-                    b.error_at.append(len(b.pending))
+                    b.answers.append(q)
                 else:
                     queries.append(self._query(q))
-                    b.pending.append(_Pending(q.request_id, q.user_id, q.ts))
+                    b.answers.append(_Pending(q.request_id, q.user_id, q.ts))
         b.changelog = self.state.drain_dirty()  # this batch's history changes, published with its results
         self._stage("decode", t0)
         if queries:
@@ -401,18 +399,21 @@ class RecallWorker:
         carry, self._changelog_carry = self._changelog_carry, []
         for p, key, value in carry + b.changelog:
             sends.append((t.history_changelog, key, value, p, None))
-        answers: list[tuple[int, int, tuple[str, bytes | None, bytes | None, None, None]]] = []  # arrival order
-        for n, (pend, res) in enumerate(zip(b.pending, results, strict=True)):
+        answered: list[tuple[_Pending, Recall]] = []
+        errors = 0
+        result_of = iter(results)
+        for a in b.answers:  # arrival order, so a user's answers keep the order of their requests
+            if isinstance(a, RequestError):
+                errors += 1
+                err_key = user_key(a.user_id) if a.user_id is not None else None
+                sends.append((t.recall_results, err_key, encode_error(a, version, produced), None, None))
+                continue
+            res = next(result_of)
+            answered.append((a, res))
             value = encode_result(
-                pend.request_id, pend.user_id, res.items, version, res.n_interests, res.source,
-                pend.request_ts, produced,
+                a.request_id, a.user_id, res.items, version, res.n_interests, res.source, a.request_ts, produced
             )
-            answers.append((n, 1, (t.recall_results, user_key(pend.user_id), value, None, None)))
-        for at, err in zip(b.error_at, b.errors, strict=True):
-            err_key = user_key(err.user_id) if err.user_id is not None else None
-            answers.append((at, 0, (t.recall_results, err_key, encode_error(err, version, produced), None, None)))
-        answers.sort(key=lambda a: (a[0], a[1]))  # stable: errors keep their order among themselves
-        sends.extend(a[2] for a in answers)
+            sends.append((t.recall_results, user_key(a.user_id), value, None, None))
         for _, d in b.dead:
             sends.append((t.dlq, d.key, d.value, None, d.headers()))
         self._retry(lambda: self._send_all(sends), "publish")
@@ -422,11 +423,11 @@ class RecallWorker:
         self.batches += 1
         if m is not None:
             done = now_ms()
-            for pend, res in zip(b.pending, results, strict=True):
+            for pend, res in answered:
                 m.recall_latency.observe(max(0, done - pend.request_ts) / 1000)
                 m.recall_requests.labels(outcome="ok" if res.source == "mind" else "cold_start").inc()
-            if b.errors:
-                m.recall_requests.labels(outcome="error").inc(len(b.errors))
+            if errors:
+                m.recall_requests.labels(outcome="error").inc(errors)
             for role, d in b.dead:
                 m.dead_letter(role, d.error_class)
                 if role == "recall_requests":
