@@ -88,7 +88,7 @@ def publish(
     from worker.items import encode_item_event, now_ms
 
     kafka_io.ensure_item_topic(settings)
-    producer = kafka_io.make_producer(settings, linger_ms=20, batch_size=256 * 1024)
+    producer = kafka_io.make_producer(settings, linger_ms=20)
     topic = settings.topics.item_embeddings
     bar: Any = None
     if progress:

@@ -277,7 +277,7 @@ class ItemWriter:
             producer.flush()  # bounded by the producer's delivery_timeout_ms
             dead = [d for d, f in sent if not f.succeeded()]
             if dead:
-                err = next(f.exception for _, f in sent if not f.succeeded())
+                err = next(f.exception for _, f in sent if not f.succeeded()) or kafka_io.KafkaError("not delivered")
                 start = self._kafka_down(consumer, start, attempt, "dead letters", err)
                 attempt += 1
         if start is not None:

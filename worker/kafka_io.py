@@ -1,8 +1,11 @@
-"""Every kafka-python call goes through this module, so the client choice stays cheap to change.
+"""Every Kafka client call goes through this module, so the client choice stays cheap to change.
 
-Consumers never auto-commit: callers commit only after their effect is durable. Producers use acks=all
-with idempotence (kafka-python 3 defaults). Dead letters keep the original bytes and carry the reason
-in headers.
+Consumers (kafka-python) never auto-commit: callers commit only after their effect is durable.
+Producers are librdkafka's (confluent-kafka) behind a small kafka-python-like ``send``/``flush``: with
+kafka-python's pure-Python producer, publishing cost the recall worker and the load generator more CPU
+than anything but the engine (docs/benchmarks.md). acks=all with idempotence, and Java's murmur2
+partitioner, so a user's clicks and requests land on the same partition whichever client sent them.
+Dead letters keep the original bytes and carry the reason in headers.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+import confluent_kafka
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
@@ -23,18 +27,48 @@ from mind_recall.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
+class _Throttle(logging.Filter):
+    """librdkafka logs every failed reconnect (several lines a second per client while a broker is down):
+    pass each distinct message at most once per ``every_s``, as a warning."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        now = time.monotonic()
+        if now - self._last.get(msg, -1e9) < self.every_s:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[msg] = now
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+rd_log = logging.getLogger(__name__ + ".librdkafka")
+rd_log.addFilter(_Throttle())
+
 __all__ = [
     "CommitFailedError",
     "ConsumerRecordLike",
     "DeadLetter",
+    "GroupConsumer",
     "KafkaError",
     "OffsetAndMetadata",
+    "Producer",
+    "Record",
     "TopicPartition",
     "client_config",
     "commit_offsets",
     "ensure_topics",
     "make_admin",
     "make_consumer",
+    "make_group_consumer",
     "make_producer",
     "send_dead_letter",
     "subscribe_with_listener",
@@ -85,15 +119,260 @@ def make_consumer(
     return consumer
 
 
-def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
-    cfg = client_config(settings)
+def rd_config(settings: Settings) -> dict[str, Any]:
+    """``client_config`` in librdkafka's names (secrets included)."""
+    k = settings.kafka
+    cfg: dict[str, Any] = {
+        "bootstrap.servers": k.bootstrap_servers,
+        "client.id": k.client_id,
+        "security.protocol": k.security_protocol.lower(),
+        "socket.timeout.ms": k.request_timeout_ms,
+        "reconnect.backoff.max.ms": 2000,
+    }
+    if k.security_protocol.startswith("SASL"):
+        cfg.update({"sasl.mechanism": k.sasl_mechanism, "sasl.username": k.sasl_username,
+                    "sasl.password": k.sasl_password})
+    if k.security_protocol.endswith("SSL") and k.ssl_cafile:
+        cfg["ssl.ca.location"] = k.ssl_cafile
+    return cfg
+
+
+class Delivery:
+    """The outcome of one ``Producer.send`` (set by ``flush``): the part of kafka-python's future we use."""
+
+    __slots__ = ("_done", "_err")
+
+    def __init__(self) -> None:
+        self._err: Exception | None = None
+        self._done = False
+
+    def _report(self, err: Any, _msg: Any) -> None:
+        self._done = True
+        if err is not None:
+            self._err = KafkaError(f"delivery failed: {err}")
+
+    @property
+    def exception(self) -> Exception | None:
+        return self._err if self._done else None
+
+    def succeeded(self) -> bool:
+        return self._done and self._err is None
+
+    def failed(self) -> bool:
+        return self._done and self._err is not None
+
+    def is_done(self) -> bool:
+        return self._done
+
+
+class Producer:
+    """librdkafka producer with the kafka-python calls this project uses: send, flush, close."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._p = confluent_kafka.Producer(config, logger=rd_log)
+
+    def send(
+        self,
+        topic: str,
+        *,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Delivery:
+        d = Delivery()
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                self._p.produce(topic, value, key, headers=headers, on_delivery=d._report, **extra)  # type: ignore[arg-type]
+                break
+            except BufferError:  # local queue full (broker slow or down): serve reports, wait for room
+                self._p.poll(0.05)
+        self._p.poll(0)  # serve delivery reports of earlier sends
+        return d
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every send is delivered or failed (bounded by delivery_timeout_ms), or ``timeout`` s."""
+        left = self._p.flush(-1 if timeout is None else timeout)
+        if left:
+            raise KafkaError(f"{left} records not delivered within {timeout}s")
+
+    def close(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(KafkaError):
+            self.flush(timeout if timeout is not None else 30.0)
+
+
+def make_producer(
+    settings: Settings, *, linger_ms: int = 5, delivery_timeout_ms: int = 120_000, **overrides: Any
+) -> Producer:
+    """acks=all + idempotence (per-partition order kept across retries); ``overrides`` in librdkafka names."""
+    cfg = rd_config(settings)
     cfg.update(
-        acks="all",
-        linger_ms=5,
-        max_request_size=max(1_048_576, settings.worker.max_record_bytes * 2),
+        {
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": linger_ms,
+            "message.timeout.ms": delivery_timeout_ms,
+            "message.max.bytes": max(1_048_576, settings.worker.max_record_bytes * 2),
+            "partitioner": "murmur2_random",  # the Java client's: same key -> same partition as kafka-python
+            "socket.nagle.disable": True,
+        }
     )
     cfg.update(overrides)
-    return KafkaProducer(**cfg)
+    return Producer(cfg)
+
+
+class Record:
+    """A consumed record with the attributes of kafka-python's ConsumerRecord that the workers read."""
+
+    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
+
+    def __init__(self, m: Any) -> None:
+        self.topic: str = m.topic()
+        self.partition: int = m.partition()
+        self.offset: int = m.offset()
+        self.key: bytes | None = m.key()
+        self.value: bytes | None = m.value()
+        self.timestamp: int = m.timestamp()[1]
+        self.headers: list[tuple[str, bytes]] = m.headers() or []
+
+
+def _rd_tp(tp: TopicPartition, offset: int | None = None) -> Any:
+    return confluent_kafka.TopicPartition(tp.topic, tp.partition) if offset is None else \
+        confluent_kafka.TopicPartition(tp.topic, tp.partition, offset)
+
+
+def _tps(parts: list[Any]) -> list[TopicPartition]:
+    return [TopicPartition(p.topic, p.partition) for p in parts]
+
+
+class GroupConsumer:
+    """librdkafka group consumer behind the kafka-python calls the recall worker makes (poll, seek,
+    commit, highwater, partitions_for_topic, close).
+
+    Why not kafka-python here: at 500 req/s its fetch path and IO thread took ~45 % of the recall
+    worker's CPU and raised an internal timeout exception per poll (garbage for the collector);
+    librdkafka fetches in C threads ahead of ``poll``. Rebalance callbacks run inside ``poll`` on the
+    caller's thread (blocking calls such as commit are allowed there)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._c = confluent_kafka.Consumer(config, logger=rd_log)
+
+    def subscribe(
+        self,
+        topics: Iterable[str],
+        on_assigned: Callable[[list[TopicPartition]], None],
+        on_revoked: Callable[[list[TopicPartition]], None],
+        on_lost: Callable[[list[TopicPartition]], None] | None = None,
+    ) -> None:
+        self._c.subscribe(
+            list(topics),
+            on_assign=lambda _c, parts: on_assigned(_tps(parts)),
+            on_revoke=lambda _c, parts: on_revoked(_tps(parts)),
+            on_lost=lambda _c, parts: (on_lost or on_revoked)(_tps(parts)),
+        )
+
+    def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
+        """Records buffered now, or the first to arrive within ``timeout_ms``, with what came with it."""
+        out: dict[TopicPartition, list[Record]] = {}
+        try:
+            # consume(n, timeout) waits for n records or the timeout, whichever comes last: not for a batch
+            # that must close on time. Wait for the first one, then take what is already buffered.
+            first = self._c.poll(timeout_ms / 1000)
+            msgs = [] if first is None else [first]
+            if first is not None and max_records > 1:
+                msgs += self._c.consume(num_messages=max_records - 1, timeout=0)
+        except confluent_kafka.KafkaException as e:
+            raise KafkaError(f"poll failed: {e}") from e
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaError(f"consumer error: {err}")
+                log.warning("consumer: %s", err)  # e.g. a broker that went away: librdkafka retries
+                continue
+            r = Record(m)
+            out.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+        return out
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Next record of ``tp`` to return is ``offset``. A partition assigned a moment ago has no fetch
+        position yet and librdkafka refuses the seek: it is then re-assigned with its offset (the other
+        partitions keep their positions, or the committed offset where they have none yet)."""
+        try:
+            self._c.seek(_rd_tp(tp, offset))
+            return
+        except confluent_kafka.KafkaException as e:
+            log.info("seek %s:%d -> %d: %s; re-assigning with the offset", tp.topic, tp.partition, offset, e)
+        current = self._c.assignment()
+        positions = {(p.topic, p.partition): p.offset for p in self._c.position(current)}
+        positions[(tp.topic, tp.partition)] = offset
+        parts = []
+        for p in current:
+            off = positions.get((p.topic, p.partition), -1)
+            parts.append(confluent_kafka.TopicPartition(p.topic, p.partition, off if off >= 0 else
+                                                        confluent_kafka.OFFSET_STORED))
+        self._c.assign(parts)
+
+    def commit(self, next_offsets: Mapping[TopicPartition, int]) -> None:
+        try:
+            self._c.commit(offsets=[_rd_tp(tp, off) for tp, off in next_offsets.items()], asynchronous=False)
+        except confluent_kafka.KafkaException as e:
+            raise CommitFailedError(f"commit failed: {e}") from e
+
+    def committed(self, tps: Iterable[TopicPartition], timeout_s: float = 10.0) -> dict[TopicPartition, int | None]:
+        """The group's committed offset per partition (None: nothing committed yet)."""
+        try:
+            got = self._c.committed([_rd_tp(tp) for tp in tps], timeout=timeout_s)
+        except confluent_kafka.KafkaException as e:
+            raise KafkaError(f"committed offsets: {e}") from e
+        return {TopicPartition(p.topic, p.partition): (p.offset if p.offset >= 0 else None) for p in got}
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The partition's end offset as of the last fetch (no broker round trip)."""
+        try:
+            _low, high = self._c.get_watermark_offsets(_rd_tp(tp), cached=True)
+        except confluent_kafka.KafkaException:
+            return None
+        return high if high is not None and high >= 0 else None
+
+    def partitions_for_topic(self, topic: str, timeout_s: float = 10.0) -> set[int] | None:
+        try:
+            md = self._c.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        except confluent_kafka.KafkaException:
+            return None
+        return None if md is None or md.error is not None else set(md.partitions)
+
+    def close(self) -> None:
+        self._c.close()  # leaves the group at once (no session-timeout wait for the others)
+
+
+def make_group_consumer(
+    settings: Settings,
+    group_id: str,
+    *,
+    fetch_max_wait_ms: int = 500,
+    session_timeout_ms: int = 10_000,
+    heartbeat_interval_ms: int = 3_000,
+    max_poll_interval_ms: int = 300_000,
+) -> GroupConsumer:
+    """A manual-commit group consumer (librdkafka); offsets are committed only by the caller."""
+    cfg = rd_config(settings)
+    cfg.update(
+        {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": fetch_max_wait_ms,
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": heartbeat_interval_ms,
+            "max.poll.interval.ms": max_poll_interval_ms,
+            "max.partition.fetch.bytes": max(1_048_576, settings.worker.max_record_bytes * 2),
+            "socket.nagle.disable": True,
+        }
+    )
+    return GroupConsumer(cfg)
 
 
 def make_admin(settings: Settings) -> KafkaAdminClient:
@@ -153,14 +432,18 @@ def subscribe_with_listener(
 
 
 def commit_offsets(
-    consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int], timeout_ms: int | None = None
+    consumer: KafkaConsumer | GroupConsumer, next_offsets: Mapping[TopicPartition, int], timeout_ms: int | None = None
 ) -> None:
     """Commit the next offset to read per partition (synchronously: the caller's effect is already durable).
 
     With the broker down this raises (KafkaConnectionError at once, or KafkaTimeoutError after
     ``timeout_ms``, default request_timeout_ms); after the group moved on, CommitFailedError.
     """
-    if next_offsets:
+    if not next_offsets:
+        return
+    if isinstance(consumer, GroupConsumer):
+        consumer.commit(next_offsets)
+    else:
         consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()}, timeout_ms=timeout_ms)
 
 
@@ -205,7 +488,7 @@ class DeadLetter:
         ]
 
 
-def send_dead_letter(producer: KafkaProducer, dlq_topic: str, dead: DeadLetter) -> Any:
+def send_dead_letter(producer: Producer, dlq_topic: str, dead: DeadLetter) -> Delivery:
     """Queue one dead letter; the caller flushes before committing the source offset."""
     return producer.send(dlq_topic, key=dead.key, value=dead.value, headers=dead.headers())
 

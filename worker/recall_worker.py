@@ -102,6 +102,8 @@ class RecallWorker:
         self._last_commit = time.monotonic()
         self._changelog_carry: list[tuple[int, bytes, bytes]] = []  # of dropped batches, see _drop_inflight
         self._pending_seek: dict[TopicPartition, int] = {}  # see _rewind
+        self._lost_done: dict[TopicPartition, int] = {}  # see _on_lost
+        self._resume_floor: dict[TopicPartition, int] = {}  # see _resume_after_loss
         self._assigning = False  # revoked, not assigned yet
         self._engine_pool: ThreadPoolExecutor | None = None
         self.ready = threading.Event()  # set once partitions are assigned and restored
@@ -132,12 +134,10 @@ class RecallWorker:
         w = self.s.worker
         self.producer = kafka_io.make_producer(self.s)
         self.restore_consumer = kafka_io.make_consumer(self.s, None, None)
-        self.consumer = kafka_io.make_consumer(
+        self.consumer = kafka_io.make_group_consumer(
             self.s,
-            None,
             w.group_id,
-            max_poll_records=w.batch_max,
-            # kafka-python's default (500 ms) held new requests back for up to half a second at 200 req/s
+            # a broker-side wait of 500 ms (the clients' default) held requests back when partitions were idle
             fetch_max_wait_ms=w.fetch_max_wait_ms,
             session_timeout_ms=w.session_timeout_ms,
             heartbeat_interval_ms=max(1000, w.session_timeout_ms // 5),
@@ -145,7 +145,7 @@ class RecallWorker:
             max_poll_interval_ms=int(max(300.0, w.outage_limit_s + 60.0) * 1000),
         )
         self._check_copartitioned()
-        kafka_io.subscribe_with_listener(self.consumer, self.topics, self._on_assigned, self._on_revoked, self._on_lost)
+        self.consumer.subscribe(self.topics, self._on_assigned, self._on_revoked, self._on_lost)
 
     def _check_copartitioned(self) -> None:
         """clicks, recall-requests and the changelog must have the same partition count: the worker owning
@@ -157,7 +157,7 @@ class RecallWorker:
         }
         for name in self.topics:
             # the group consumer's own metadata too: subscribing before it knows the topics gave a first
-            # assignment of nothing and an extra rebalance, the path on which kafka-python once hung
+            # assignment of nothing and an extra rebalance (seen with kafka-python, where it once hung)
             self.consumer.partitions_for_topic(name)
         if len(set(counts.values())) != 1:
             raise RuntimeError(
@@ -175,16 +175,29 @@ class RecallWorker:
         if self.producer is not None:
             self.producer.close()
 
-    # -- rebalance (runs inside poll: memory only, the restore itself happens in the loop) ----------
+    # -- rebalance (runs inside poll, on this thread; the restore itself happens in the loop) ----------
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
-        # kafka-python 3 runs listeners on its IO thread, where a blocking call (commit, flush) raises:
-        # batches in flight cannot be finished here; _collect drops them (see _drop_inflight).
+        # Published batches: commit them now, so that the partitions' next owner (maybe this member again)
+        # does not answer them twice. Batches in flight are not finished here (the engine may be busy for
+        # a while); _collect drops them and reads them again (see _drop_inflight).
+        done = {tp: off for tp, off in self._to_commit.items() if tp in set(revoked)}
+        if done:
+            try:
+                kafka_io.commit_offsets(self.consumer, done)
+                self._positions.update(done)
+            except kafka_io.KafkaError as e:  # at-least-once: the next owner answers them again
+                log.warning("commit on revoke failed: %s", e)
+        self._revoke(revoked)
+
+    def _revoke(self, revoked: list[TopicPartition]) -> None:
         # Eager rebalancing revokes everything and then assigns: keep the state of revoked partitions
         # until the assignment says whether they come back (no member owns them in between).
         self._generation += 1
         self._assigning = True
         self._revoked_state |= {tp.partition for tp in revoked if tp.topic == self.s.topics.clicks}
         self._assigned -= set(revoked)
+        revoked_set = set(revoked)
+        self._to_commit = {tp: off for tp, off in self._to_commit.items() if tp not in revoked_set}
         log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
     def _on_lost(self, lost: list[TopicPartition]) -> None:
@@ -192,11 +205,17 @@ class RecallWorker:
         # local about them can be trusted: drop their history (restored from the changelog if they come
         # back), their queued offsets and carried changelog entries.
         parts = {tp.partition for tp in lost if tp.topic == self.s.topics.clicks}
-        self._on_revoked(lost)
+        self._revoke(lost)
         self._revoked_state -= parts
         self.state.drop_partitions(parts)
         self._changelog_carry = [e for e in self._changelog_carry if e[0] not in parts]
         lost_set = set(lost)
+        # What this member published but could not commit: if the partitions come back (a broker outage
+        # longer than the session timeout loses the assignment client-side, and then hands it back), it
+        # resumes after it instead of answering it twice (see _resume_after_loss).
+        for tp, off in self._to_commit.items():
+            if tp in lost_set:
+                self._lost_done[tp] = max(self._lost_done.get(tp, 0), off)
         self._to_commit = {tp: off for tp, off in self._to_commit.items() if tp not in lost_set}
         log.warning("partitions lost (evicted from the group): %s", sorted((tp.topic, tp.partition) for tp in lost))
 
@@ -215,6 +234,28 @@ class RecallWorker:
         self._revoked_state.clear()
         self._pending_restore |= clicks - self.state.partitions()
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+        self._resume_after_loss(set(assigned))
+
+    def _resume_after_loss(self, assigned: set[TopicPartition]) -> None:
+        """Partitions lost and now back: start at the higher of the committed offset and what this member
+        had published before the loss. Everything below either was answered (by this member, or by one
+        that owned the partition meanwhile and committed further), so nothing is lost and nothing that
+        this member published is answered again."""
+        back = {tp: off for tp, off in self._lost_done.items() if tp in assigned}
+        self._lost_done = {}
+        if not back:
+            return
+        try:
+            committed = self.consumer.committed(list(back))
+        except kafka_io.KafkaError as e:  # fall back to the committed offset: duplicates, never a loss
+            log.warning("committed offsets unavailable after a lost assignment (%s); re-reading from them", e)
+            return
+        for tp, off in back.items():
+            c = committed.get(tp)
+            if c is None or off > c:
+                self._resume_floor[tp] = off
+                self._to_commit[tp] = max(self._to_commit.get(tp, 0), off)
+                self._generation += 1  # so that _collect seeks (_rewind) before reading on
 
     def _restore_pending(self) -> None:
         if not self._pending_restore:
@@ -293,9 +334,9 @@ class RecallWorker:
             polled = self.consumer.poll(timeout_ms=timeout, max_records=w.batch_max - len(batch))
             if self._generation != gen:
                 # A rebalance ran inside poll: records gathered before it may belong to partitions now
-                # owned by another member. Drop them, and what this poll returned too (kafka-python keeps
-                # the position of a partition it still owns, so keeping them would reorder the replay and
-                # make the history skip the rewound clicks), and rewind the ones still ours.
+                # owned by another member. Drop them, and what this poll returned too (it may hold records
+                # from before the revoke and from after the assignment, which are not told apart), and
+                # rewind the partitions still ours to the lowest dropped offset.
                 # The same goes for every batch still in flight (prepared before the rebalance).
                 self._rewind(batch + [r for recs in polled.values() for r in recs], self._drop_inflight())
                 batch, gen, first, polled = [], self._generation, 0.0, {}
@@ -312,7 +353,7 @@ class RecallWorker:
         return any(b.results is not None and not b.results.done() for b in self._inflight)
 
     def _rewind(self, records: list[Any], low: dict[TopicPartition, int] | None = None) -> None:
-        """Seek the partitions that are ours back to the lowest of these records / offsets. kafka-python
+        """Seek the partitions that are ours back to the lowest of these records / offsets. The client
         may revoke in one poll and assign in a later one: between the two nothing is assigned, so the
         seeks wait in ``_pending_seek`` until the assignment says which partitions stayed (the others'
         new owners read them from the committed offset)."""
@@ -322,7 +363,9 @@ class RecallWorker:
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             want[tp] = min(want.get(tp, r.offset), r.offset)
-        self._pending_seek = {}
+        for tp, floor in self._resume_floor.items():  # below it everything was published already
+            want[tp] = max(want.get(tp, floor), floor)
+        self._pending_seek, self._resume_floor = {}, {}
         for tp, off in want.items():
             if tp in self._assigned:
                 self.consumer.seek(tp, off)

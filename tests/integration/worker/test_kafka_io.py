@@ -86,7 +86,9 @@ def test_dead_letter_of_a_record_with_neither_key_nor_value(settings: Settings) 
     record = SimpleNamespace(topic="clicks", partition=0, offset=7, key=None, value=None)
     dead = kafka_io.DeadLetter.of(record, "not_json", "not_json: null value")
     producer = kafka_io.make_producer(settings)
-    kafka_io.send_dead_letter(producer, dlq, dead).get(timeout=30)
+    delivery = kafka_io.send_dead_letter(producer, dlq, dead)
+    producer.flush(timeout=30)
+    assert delivery.succeeded(), delivery.exception
     producer.close()
     reader = kafka_io.make_consumer(settings, [dlq], settings.worker.group_id + "-dlq")
     (out,) = _drain(reader, 1)
@@ -94,3 +96,62 @@ def test_dead_letter_of_a_record_with_neither_key_nor_value(settings: Settings) 
     headers = {k: v.decode() for k, v in out.headers}
     assert out.key is None and out.value == b""
     assert headers["original_value"] == "null" and headers["source_offset"] == "7"
+
+
+def test_producer_partitions_keys_like_the_java_client(settings: Settings) -> None:
+    """Co-partitioning depends on it: upstream services (Java, kafka-python) and this project's librdkafka
+    producer must put the same user key on the same partition (murmur2), or a user's clicks and requests
+    would reach different workers."""
+    from kafka.partitioner.default import murmur2  # what the Java client and kafka-python use
+
+    topic = settings.topics.clicks
+    kafka_io.ensure_topics(settings, {topic: 4})
+    producer = kafka_io.make_producer(settings)
+    keys = [str(u).encode() for u in range(200)]
+    for k in keys:
+        producer.send(topic, key=k, value=b"x")
+    producer.flush(timeout=30)
+    reader = kafka_io.make_consumer(settings, [topic], settings.worker.group_id + "-part")
+    got = _drain(reader, len(keys))
+    reader.close()
+    want = {k: (murmur2(k) & 0x7FFFFFFF) % 4 for k in keys}
+    assert {r.key: r.partition for r in got} == want
+    assert len(set(want.values())) == 4
+
+
+def test_group_consumer_polls_seeks_and_commits(settings: Settings) -> None:
+    """The librdkafka group consumer the recall worker uses: a poll returns what is buffered without
+    waiting for a full batch, seek re-reads, commit/committed round-trip, callbacks run inside poll."""
+    topic = settings.topics.recall_requests
+    kafka_io.ensure_topics(settings, {topic: 1})
+    producer = kafka_io.make_producer(settings)
+    for i in range(10):
+        producer.send(topic, key=b"k", value=str(i).encode())
+    producer.flush(timeout=30)
+    c = kafka_io.make_group_consumer(settings, settings.worker.group_id, fetch_max_wait_ms=10)
+    assigned: list = []
+    c.subscribe([topic], assigned.extend, lambda _: None)
+    tp = kafka_io.TopicPartition(topic, 0)
+    try:
+        got: list = []
+        deadline = time.monotonic() + 30
+        while len(got) < 10 and time.monotonic() < deadline:
+            t0 = time.monotonic()
+            polled = c.poll(timeout_ms=5000, max_records=500)
+            if polled:
+                assert time.monotonic() - t0 < 4, "poll waited for a full batch"
+            got += polled.get(tp, [])
+        assert assigned == [tp]
+        assert [r.offset for r in got] == list(range(10)) and got[3].value == b"3" and got[3].key == b"k"
+        c.seek(tp, 3)
+        again: list = []
+        while len(again) < 7 and time.monotonic() < deadline:
+            again += c.poll(timeout_ms=500).get(tp, [])
+        assert [r.offset for r in again] == list(range(3, 10))
+        assert c.committed([tp]) == {tp: None}
+        c.commit({tp: 5})
+        assert c.committed([tp]) == {tp: 5}
+        assert c.partitions_for_topic(topic) == {0}
+        assert c.highwater(tp) == 10
+    finally:
+        c.close()
