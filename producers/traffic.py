@@ -110,12 +110,9 @@ def run_open_loop(
                         got[rid] = (int(body.get("request_ts") or 0), int(body.get("produced_ts") or 0), now)
 
     if wait_results:
-        consumer = kafka_io.make_consumer(settings, None, None)
-        tps = [kafka_io.TopicPartition(t.recall_results, p) for p in range(t.partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_end(*tps)
-        for tp in tps:
-            consumer.position(tp)  # resolve "end" now, before the first request goes out
+        consumer = kafka_io.make_reader(settings)  # librdkafka: the reader shares the cores it measures
+        # resolved now, before the first request goes out
+        consumer.assign_at_end([kafka_io.TopicPartition(t.recall_results, p) for p in range(t.partitions)])
         reader = threading.Thread(target=collect, daemon=True)
         reader.start()
         ready.wait(10)

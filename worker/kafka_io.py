@@ -70,6 +70,7 @@ __all__ = [
     "make_consumer",
     "make_group_consumer",
     "make_producer",
+    "make_reader",
     "send_dead_letter",
     "subscribe_with_listener",
 ]
@@ -314,6 +315,14 @@ class GroupConsumer:
                                                         confluent_kafka.OFFSET_STORED))
         self._c.assign(parts)
 
+    def assign_at_end(self, tps: Iterable[TopicPartition], timeout_s: float = 10.0) -> None:
+        """Read these partitions (no group) from their current end: records produced from now on."""
+        parts = []
+        for tp in tps:
+            _low, high = self._c.get_watermark_offsets(_rd_tp(tp), timeout=timeout_s)
+            parts.append(_rd_tp(tp, high))
+        self._c.assign(parts)
+
     def commit(self, next_offsets: Mapping[TopicPartition, int]) -> None:
         try:
             self._c.commit(offsets=[_rd_tp(tp, off) for tp, off in next_offsets.items()], asynchronous=False)
@@ -370,6 +379,21 @@ def make_group_consumer(
             "max.poll.interval.ms": max_poll_interval_ms,
             "max.partition.fetch.bytes": max(1_048_576, settings.worker.max_record_bytes * 2),
             "socket.nagle.disable": True,
+        }
+    )
+    return GroupConsumer(cfg)
+
+
+def make_reader(settings: Settings, fetch_max_wait_ms: int = 100) -> GroupConsumer:
+    """A librdkafka consumer for ``assign``-style reading (tools, the load generator): joins no group,
+    commits nothing (librdkafka wants a group id all the same)."""
+    cfg = rd_config(settings)
+    cfg.update(
+        {
+            "group.id": f"{settings.kafka.client_id}-reader",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "fetch.wait.max.ms": fetch_max_wait_ms,
         }
     )
     return GroupConsumer(cfg)

@@ -155,3 +155,30 @@ def test_group_consumer_polls_seeks_and_commits(settings: Settings) -> None:
         assert c.highwater(tp) == 10
     finally:
         c.close()
+
+
+def test_reader_at_end_sees_only_new_records(settings: Settings) -> None:
+    """The load generator's result reader: assigned at the end, it gets what is produced afterwards."""
+    topic = settings.topics.recall_results
+    kafka_io.ensure_topics(settings, {topic: 2})
+    producer = kafka_io.make_producer(settings)
+    for i in range(6):
+        producer.send(topic, key=str(i).encode(), value=b"old")
+    producer.flush(timeout=30)
+    reader = kafka_io.make_reader(settings, fetch_max_wait_ms=10)
+    reader.assign_at_end([kafka_io.TopicPartition(topic, p) for p in range(2)])
+    for i in range(4):
+        producer.send(topic, key=str(i).encode(), value=f"new{i}".encode())
+    producer.flush(timeout=30)
+    got: list = []
+    deadline = time.monotonic() + 30
+    try:
+        while len(got) < 4 and time.monotonic() < deadline:
+            for recs in reader.poll(timeout_ms=200).values():
+                got += recs
+        time.sleep(0.5)
+        for recs in reader.poll(timeout_ms=200).values():
+            got += recs
+    finally:
+        reader.close()
+    assert sorted(r.value for r in got) == [b"new0", b"new1", b"new2", b"new3"]
