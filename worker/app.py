@@ -84,9 +84,8 @@ class App:
         if self.recall_worker is not None and not self.recall_worker.ready.wait(ready_timeout_s):
             self.stop()
             raise TimeoutError(f"recall worker not ready (no partitions assigned) after {ready_timeout_s}s")
-        # Everything loaded so far (Paddle, pymilvus, the histories restored) lives as long as the process:
-        # move it out of the collector's reach. Without this, full collections walking those objects
-        # stalled every thread for 30-100 ms every ~0.5 s under load (docs/benchmarks.md).
+        # Everything loaded so far (Paddle, pymilvus, the clients, the histories restored) lives as long as
+        # the process: move it out of the collector's reach, so full collections skip it (docs/design.md).
         gc.collect()
         gc.freeze()
         return self
