@@ -182,3 +182,49 @@ def test_reader_at_end_sees_only_new_records(settings: Settings) -> None:
     finally:
         reader.close()
     assert sorted(r.value for r in got) == [b"new0", b"new1", b"new2", b"new3"]
+
+
+def test_group_consumer_seek_on_a_fresh_assignment_reassigns(settings: Settings) -> None:
+    """librdkafka refuses a seek on a partition it has not started fetching (just assigned): the consumer
+    then re-assigns that partition at the offset and keeps the others' positions."""
+    import confluent_kafka
+
+    topic = settings.topics.recall_requests
+    kafka_io.ensure_topics(settings, {topic: 2})
+    producer = kafka_io.make_producer(settings)
+    for i in range(40):
+        producer.send(topic, key=str(i).encode(), value=str(i).encode())
+    producer.flush(timeout=30)
+    c = kafka_io.make_group_consumer(settings, settings.worker.group_id, fetch_max_wait_ms=10)
+    c.subscribe([topic], lambda _: None, lambda _: None)
+    tps = [kafka_io.TopicPartition(topic, p) for p in range(2)]
+    try:
+        got: dict = {tp: [] for tp in tps}
+        deadline = time.monotonic() + 30
+        while sum(map(len, got.values())) < 40 and time.monotonic() < deadline:
+            for tp, recs in c.poll(timeout_ms=200).items():
+                got[tp] += recs
+        assert all(got.values()), "both partitions should hold records"
+
+        class Refusing:  # the real consumer, except that seek fails as it does before the first fetch
+            def __init__(self, inner: object) -> None:
+                self._inner = inner
+
+            def seek(self, _tp: object) -> None:
+                raise confluent_kafka.KafkaException(confluent_kafka.KafkaError(confluent_kafka.KafkaError._STATE))
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(self._inner, name)
+
+        c._c = Refusing(c._c)  # type: ignore[assignment]
+        c.seek(tps[0], 2)
+        again: list = []
+        while len(again) < len(got[tps[0]]) - 2 and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=200).values():
+                again += recs
+        time.sleep(0.3)
+        for recs in c.poll(timeout_ms=200).values():
+            again += recs
+        assert [(r.partition, r.offset) for r in again] == [(0, o) for o in range(2, len(got[tps[0]]))]
+    finally:
+        c.close()
