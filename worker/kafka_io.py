@@ -290,7 +290,7 @@ class GroupConsumer:
             if err is not None:
                 if err.fatal():
                     raise KafkaError(f"consumer error: {err}")
-                log.warning("consumer: %s", err)  # e.g. a broker that went away: librdkafka retries
+                rd_log.warning("consumer: %s", err)  # e.g. a broker that went away: librdkafka retries (throttled)
                 continue
             r = Record(m)
             out.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
