@@ -262,13 +262,23 @@ class GroupConsumer:
     def subscribe(
         self,
         topics: Iterable[str],
-        on_assigned: Callable[[list[TopicPartition]], None],
+        on_assigned: Callable[[list[TopicPartition]], Mapping[TopicPartition, int] | None],
         on_revoked: Callable[[list[TopicPartition]], None],
         on_lost: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
+        """``on_assigned`` may return start offsets for some of the partitions (the others start at the
+        committed offset). They are set with the assignment itself: a seek right after it can be undone
+        by librdkafka's own committed-offset lookup finishing later."""
+
+        def assign(c: Any, parts: list[Any]) -> None:
+            start = on_assigned(_tps(parts))
+            if start:
+                c.assign([confluent_kafka.TopicPartition(p.topic, p.partition, start.get(
+                    TopicPartition(p.topic, p.partition), confluent_kafka.OFFSET_STORED)) for p in parts])
+
         self._c.subscribe(
             list(topics),
-            on_assign=lambda _c, parts: on_assigned(_tps(parts)),
+            on_assign=assign,
             on_revoke=lambda _c, parts: on_revoked(_tps(parts)),
             on_lost=lambda _c, parts: (on_lost or on_revoked)(_tps(parts)),
         )
@@ -323,11 +333,27 @@ class GroupConsumer:
             parts.append(_rd_tp(tp, high))
         self._c.assign(parts)
 
+    # The group moved on (as kafka-python's CommitFailedError); anything else (broker down, timeout) is
+    # a KafkaError worth retrying.
+    _MOVED_ON = frozenset(
+        {
+            confluent_kafka.KafkaError.ILLEGAL_GENERATION,
+            confluent_kafka.KafkaError.UNKNOWN_MEMBER_ID,
+            confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS,
+            confluent_kafka.KafkaError._ASSIGNMENT_LOST,
+            confluent_kafka.KafkaError._UNKNOWN_PARTITION,
+        }
+    )
+
     def commit(self, next_offsets: Mapping[TopicPartition, int]) -> None:
         try:
             self._c.commit(offsets=[_rd_tp(tp, off) for tp, off in next_offsets.items()], asynchronous=False)
         except confluent_kafka.KafkaException as e:
-            raise CommitFailedError(f"commit failed: {e}") from e
+            err = e.args[0] if e.args else None
+            code = err.code() if isinstance(err, confluent_kafka.KafkaError) else None
+            if code in self._MOVED_ON:
+                raise CommitFailedError(f"commit refused, the group moved on: {err}") from e
+            raise KafkaError(f"commit failed: {err}") from e
 
     def committed(self, tps: Iterable[TopicPartition], timeout_s: float = 10.0) -> dict[TopicPartition, int | None]:
         """The group's committed offset per partition (None: nothing committed yet)."""

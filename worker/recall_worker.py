@@ -102,8 +102,8 @@ class RecallWorker:
         self._last_commit = time.monotonic()
         self._changelog_carry: list[tuple[int, bytes, bytes]] = []  # of dropped batches, see _drop_inflight
         self._pending_seek: dict[TopicPartition, int] = {}  # see _rewind
-        self._lost_done: dict[TopicPartition, int] = {}  # see _on_lost
-        self._resume_floor: dict[TopicPartition, int] = {}  # see _resume_after_loss
+        # published, not committed, partition revoked or lost meanwhile: see _resume_after_loss
+        self._unconfirmed: dict[TopicPartition, int] = {}
         self._assigning = False  # revoked, not assigned yet
         self._engine_pool: ThreadPoolExecutor | None = None
         self.ready = threading.Event()  # set once partitions are assigned and restored
@@ -185,8 +185,10 @@ class RecallWorker:
             try:
                 kafka_io.commit_offsets(self.consumer, done)
                 self._positions.update(done)
-            except kafka_io.KafkaError as e:  # at-least-once: the next owner answers them again
-                log.warning("commit on revoke failed: %s", e)
+            except kafka_io.KafkaError as e:  # another owner answers them again; if they come back here,
+                log.warning("commit on revoke failed: %s", e)  # this member resumes after them
+                for tp, off in done.items():
+                    self._unconfirmed[tp] = max(self._unconfirmed.get(tp, 0), off)
         self._revoke(revoked)
 
     def _revoke(self, revoked: list[TopicPartition]) -> None:
@@ -204,22 +206,21 @@ class RecallWorker:
         # Evicted from the group: another member may have served these partitions meanwhile, so nothing
         # local about them can be trusted: drop their history (restored from the changelog if they come
         # back), their queued offsets and carried changelog entries.
+        lost_set = set(lost)
+        # What this member published but could not commit: if the partitions come back (a broker outage
+        # longer than the session timeout loses the assignment client-side, and then hands it back), it
+        # resumes after it instead of answering it twice (see _resume_after_loss). Before _revoke drops it.
+        for tp, off in self._to_commit.items():
+            if tp in lost_set:
+                self._unconfirmed[tp] = max(self._unconfirmed.get(tp, 0), off)
         parts = {tp.partition for tp in lost if tp.topic == self.s.topics.clicks}
         self._revoke(lost)
         self._revoked_state -= parts
         self.state.drop_partitions(parts)
         self._changelog_carry = [e for e in self._changelog_carry if e[0] not in parts]
-        lost_set = set(lost)
-        # What this member published but could not commit: if the partitions come back (a broker outage
-        # longer than the session timeout loses the assignment client-side, and then hands it back), it
-        # resumes after it instead of answering it twice (see _resume_after_loss).
-        for tp, off in self._to_commit.items():
-            if tp in lost_set:
-                self._lost_done[tp] = max(self._lost_done.get(tp, 0), off)
-        self._to_commit = {tp: off for tp, off in self._to_commit.items() if tp not in lost_set}
         log.warning("partitions lost (evicted from the group): %s", sorted((tp.topic, tp.partition) for tp in lost))
 
-    def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+    def _on_assigned(self, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
         self._generation += 1
         self._assigning = False
         self._assigned |= set(assigned)
@@ -234,28 +235,33 @@ class RecallWorker:
         self._revoked_state.clear()
         self._pending_restore |= clicks - self.state.partitions()
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
-        self._resume_after_loss(set(assigned))
+        return self._resume_after_loss(set(assigned))
 
-    def _resume_after_loss(self, assigned: set[TopicPartition]) -> None:
-        """Partitions lost and now back: start at the higher of the committed offset and what this member
-        had published before the loss. Everything below either was answered (by this member, or by one
-        that owned the partition meanwhile and committed further), so nothing is lost and nothing that
-        this member published is answered again."""
-        back = {tp: off for tp, off in self._lost_done.items() if tp in assigned}
-        self._lost_done = {}
+    def _resume_after_loss(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Partitions lost (or revoked with a failed commit) and now back: start at the higher of the
+        committed offset and what this member had published before. Everything below either was answered
+        (by this member, or by one that owned the partition meanwhile and committed further), so nothing is
+        lost and nothing that this member published is answered again."""
+        back = {tp: off for tp, off in self._unconfirmed.items() if tp in assigned}
+        self._unconfirmed = {}
         if not back:
-            return
+            return {}
         try:
             committed = self.consumer.committed(list(back))
         except kafka_io.KafkaError as e:  # fall back to the committed offset: duplicates, never a loss
             log.warning("committed offsets unavailable after a lost assignment (%s); re-reading from them", e)
-            return
+            return {}
+        start = {}
         for tp, off in back.items():
             c = committed.get(tp)
             if c is None or off > c:
-                self._resume_floor[tp] = off
+                start[tp] = off
                 self._to_commit[tp] = max(self._to_commit.get(tp, 0), off)
-                self._generation += 1  # so that _collect seeks (_rewind) before reading on
+                # a seek of a dropped record below it (_rewind) would re-read what was published
+                self._pending_seek.pop(tp, None)
+        if start:
+            log.info("resuming after published offsets %s", sorted((t.topic, t.partition, o) for t, o in start.items()))
+        return start
 
     def _restore_pending(self) -> None:
         if not self._pending_restore:
@@ -363,9 +369,7 @@ class RecallWorker:
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             want[tp] = min(want.get(tp, r.offset), r.offset)
-        for tp, floor in self._resume_floor.items():  # below it everything was published already
-            want[tp] = max(want.get(tp, floor), floor)
-        self._pending_seek, self._resume_floor = {}, {}
+        self._pending_seek = {}
         for tp, off in want.items():
             if tp in self._assigned:
                 self.consumer.seek(tp, off)
