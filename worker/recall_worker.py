@@ -235,7 +235,11 @@ class RecallWorker:
         self._revoked_state.clear()
         self._pending_restore |= clicks - self.state.partitions()
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
-        return self._resume_after_loss(set(assigned))
+        start = self._resume_after_loss(set(assigned))
+        for tp in assigned:  # seeks that waited for this assignment (see _rewind): set with it
+            if tp in self._pending_seek:
+                start.setdefault(tp, self._pending_seek.pop(tp))
+        return start
 
     def _resume_after_loss(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
         """Partitions lost (or revoked with a failed commit) and now back: start at the higher of the
