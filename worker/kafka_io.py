@@ -251,8 +251,8 @@ class GroupConsumer:
     """librdkafka group consumer behind the kafka-python calls the recall worker makes (poll, seek,
     commit, highwater, partitions_for_topic, close).
 
-    Why not kafka-python here: at 500 req/s its fetch path and IO thread took ~45 % of the recall
-    worker's CPU and raised an internal timeout exception per poll (garbage for the collector);
+    Why not kafka-python here: at 500 req/s its IO thread and poll took ~50 % of the recall
+    worker's CPU samples and raised an internal timeout exception per poll (garbage for the collector);
     librdkafka fetches in C threads ahead of ``poll``. Rebalance callbacks run inside ``poll`` on the
     caller's thread (blocking calls such as commit are allowed there)."""
 
