@@ -33,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from mind_recall.settings import Settings, load  # noqa: E402
 
@@ -132,27 +133,6 @@ def stop(proc: Any) -> None:
         proc.kill()
 
 
-def _cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a process, all its threads (None: gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _pids_with(needle: str) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if needle in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    out.append(int(d.name))
-            except OSError:
-                continue
-    return out
-
-
 def _machine_busy_s() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
     vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -163,9 +143,14 @@ def _machine_busy_s() -> tuple[float, float]:
 
 def cpu_watch(worker_pid: int) -> dict[str, list[int]]:
     """The processes whose CPU each rate reports: the worker, this process (load generator + result
-    reader), the Kafka broker and the Milvus server (found by command line; absent ones are left out)."""
+    reader), the local Kafka broker and Milvus server (from scripts/*-local's pid files; absent ones
+    are left out)."""
+    from milvus_server import server_pids
+
+    kafka_pid = ROOT / ".run" / "kafka" / "kafka.pid"
+    broker = [int(kafka_pid.read_text().split()[0])] if kafka_pid.is_file() else []
     procs = {"worker": [worker_pid], "generator_and_reader": [os.getpid()],
-             "kafka_broker": _pids_with("kafka.Kafka"), "milvus_server": _pids_with("milvus run")}
+             "kafka_broker": broker, "milvus_server": server_pids()}
     return {k: v for k, v in procs.items() if v}
 
 
@@ -173,22 +158,22 @@ def run_rates(
     s: Settings, users: list[int], rates: list[float], duration: float, drain_s: float, top_k: int,
     procs: dict[str, list[int]] | None = None,
 ) -> list[dict[str, Any]]:
+    from milvus_server import cpu_s  # bench/milvus_server.py: CPU seconds of processes, from /proc
+
     from producers.traffic import run_open_loop
 
     out = []
     for rate in rates:
-        before = {k: [_cpu_s(p) for p in pids] for k, pids in (procs or {}).items()}
+        before = {k: cpu_s(pids) for k, pids in (procs or {}).items()}
         busy0, total0 = _machine_busy_s()
         t0 = time.monotonic()
         r = run_open_loop(s, rate=rate, duration=duration, user_ids=users, top_k=top_k, drain_s=drain_s)
         wall = time.monotonic() - t0
         busy1, total1 = _machine_busy_s()
         # % of one core over the rate's run (sending + waiting for the last results)
-        cpu: dict[str, float] = {}
-        for k, pids in (procs or {}).items():
-            pairs = zip(before[k], [_cpu_s(p) for p in pids], strict=True)
-            cpu[k] = round(100 * sum(b - a for a, b in pairs if a is not None and b is not None) / wall, 1)
-        r["cpu_pct_of_one_core"] = cpu
+        r["cpu_pct_of_one_core"] = {
+            k: round(100 * (cpu_s(pids) - before[k]) / wall, 1) for k, pids in (procs or {}).items()
+        }
         r["machine_busy_pct"] = round(100 * (busy1 - busy0) / max(1e-9, total1 - total0), 1)
         log(
             f"  rate {rate}: received {r['received']}/{r['sent']}, {r['throughput_rps']} rps, "

@@ -411,18 +411,9 @@ def make_group_consumer(
 
 
 def make_reader(settings: Settings, fetch_max_wait_ms: int = 100) -> GroupConsumer:
-    """A librdkafka consumer for ``assign``-style reading (tools, the load generator): joins no group,
-    commits nothing (librdkafka wants a group id all the same)."""
-    cfg = rd_config(settings)
-    cfg.update(
-        {
-            "group.id": f"{settings.kafka.client_id}-reader",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "fetch.wait.max.ms": fetch_max_wait_ms,
-        }
-    )
-    return GroupConsumer(cfg)
+    """A librdkafka consumer for ``assign``-style reading (tools, the load generator): it joins no group
+    and commits nothing (librdkafka wants a group id all the same)."""
+    return make_group_consumer(settings, f"{settings.kafka.client_id}-reader", fetch_max_wait_ms=fetch_max_wait_ms)
 
 
 def make_admin(settings: Settings) -> KafkaAdminClient:
@@ -462,18 +453,13 @@ def subscribe_with_listener(
     topics: Iterable[str],
     on_assigned: Callable[[list[TopicPartition]], None],
     on_revoked: Callable[[list[TopicPartition]], None],
-    on_lost: Callable[[list[TopicPartition]], None] | None = None,
 ) -> None:
     """Subscribe with rebalance callbacks (they run inside ``poll``; keep them short, no blocking IO).
-    ``on_lost``: the member was evicted (session expiry, unknown member), so others may have processed
-    its partitions meanwhile; defaults to ``on_revoked``."""
+    Lost partitions (eviction) go to ``on_revoked`` too (kafka-python's default)."""
 
     class _Listener(ConsumerRebalanceListener):
         def on_partitions_revoked(self, revoked: Any) -> None:
             on_revoked(list(revoked))
-
-        def on_partitions_lost(self, lost: Any) -> None:
-            (on_lost or on_revoked)(list(lost))
 
         def on_partitions_assigned(self, assigned: Any) -> None:
             on_assigned(list(assigned))
@@ -482,18 +468,14 @@ def subscribe_with_listener(
 
 
 def commit_offsets(
-    consumer: KafkaConsumer | GroupConsumer, next_offsets: Mapping[TopicPartition, int], timeout_ms: int | None = None
+    consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int], timeout_ms: int | None = None
 ) -> None:
     """Commit the next offset to read per partition (synchronously: the caller's effect is already durable).
 
     With the broker down this raises (KafkaConnectionError at once, or KafkaTimeoutError after
     ``timeout_ms``, default request_timeout_ms); after the group moved on, CommitFailedError.
     """
-    if not next_offsets:
-        return
-    if isinstance(consumer, GroupConsumer):
-        consumer.commit(next_offsets)
-    else:
+    if next_offsets:
         consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()}, timeout_ms=timeout_ms)
 
 

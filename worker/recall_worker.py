@@ -180,10 +180,11 @@ class RecallWorker:
         # Published batches: commit them now, so that the partitions' next owner (maybe this member again)
         # does not answer them twice. Batches in flight are not finished here (the engine may be busy for
         # a while); _collect drops them and reads them again (see _drop_inflight).
-        done = {tp: off for tp, off in self._to_commit.items() if tp in set(revoked)}
+        revoked_set = set(revoked)
+        done = {tp: off for tp, off in self._to_commit.items() if tp in revoked_set}
         if done:
             try:
-                kafka_io.commit_offsets(self.consumer, done)
+                self.consumer.commit(done)
                 self._positions.update(done)
             except kafka_io.KafkaError as e:  # another owner answers them again; if they come back here,
                 log.warning("commit on revoke failed: %s", e)  # this member resumes after them
@@ -229,7 +230,6 @@ class RecallWorker:
         # what belonged to partitions now gone: their new owner answers and commits from the committed
         # offset; a carried (older) changelog entry published later would overwrite its newer one
         self._changelog_carry = [e for e in self._changelog_carry if e[0] not in gone]
-        self._to_commit = {tp: off for tp, off in self._to_commit.items() if tp in self._assigned}
         self.state.drop_partitions(gone)
         self._pending_restore -= gone
         self._revoked_state.clear()
@@ -500,7 +500,7 @@ class RecallWorker:
         offsets, self._to_commit = self._to_commit, {}
         self._last_commit = time.monotonic()
         try:
-            kafka_io.commit_offsets(self.consumer, offsets)
+            self.consumer.commit(offsets)
             self._positions.update(offsets)
         except kafka_io.KafkaError as e:  # e.g. rebalanced meanwhile: the new owner redoes these (at-least-once)
             log.warning("offset commit failed; retried with the next commit where the partition is still ours: %s", e)
