@@ -323,7 +323,7 @@ def engine_direct(
     items = load_export_items(export)
     store = ItemStore(s.milvus)
     eng = RecallEngine(tower, store_search(store, store.collection_name(tower.model_version)), items,
-                       load_popular(export))
+                       load_popular(export), min_topn=store.free_topn())
     users = sorted(seqs)
     out: dict[str, Any] = {}
     try:

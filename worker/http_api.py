@@ -78,6 +78,7 @@ class RecallService:
                 load_popular(export_dir),
                 exclude_seen=self.s.worker.exclude_seen,
                 metrics=self.metrics,
+                min_topn=self.store.free_topn(),
             )
             self.collection = coll
         if self.metrics is not None:

@@ -99,6 +99,7 @@ class RecallEngine:
         *,
         exclude_seen: bool = True,
         metrics: Any = None,
+        min_topn: int = 0,
     ) -> None:
         items_version = getattr(items, "model_version", "")
         if items_version and items_version != tower.model_version:
@@ -107,6 +108,9 @@ class RecallEngine:
         self.popular = np.asarray(popular, dtype=np.int64)
         self.exclude_seen = exclude_seen
         self.metrics = metrics
+        # The first search asks for at least this many hits per interest: ItemStore.free_topn(), the ef an
+        # HNSW search visits whatever its limit, so they cost nothing more and spare most second searches.
+        self.min_topn = max(0, int(min_topn))
         self.stage_s: dict[str, float] = {}  # last batch, for benchmarks and logs
         self.retried = 0  # users searched a second time (see _search_and_merge)
 
@@ -182,7 +186,10 @@ class RecallEngine:
         qvecs = np.ascontiguousarray(interests.reshape(b * K, D)[rows])
         seen = [np.unique(hists[i]).size if self.exclude_seen else 0 for i in usable]
         topn = min(
-            max(queries[i].top_k + (sn + 3) // 4 for i, sn in zip(usable, seen, strict=True)) + SEARCH_MARGIN,
+            max(
+                max(queries[i].top_k + (sn + 3) // 4 for i, sn in zip(usable, seen, strict=True)) + SEARCH_MARGIN,
+                self.min_topn,
+            ),
             MAX_SEARCH_TOPN,
         )
         todo = list(range(len(usable)))

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -335,8 +335,11 @@ class RecallWorker:
                     break
                 if left_ms > 0:
                     timeout = max(0, int(left_ms))
-                elif self._engine_busy():
-                    timeout = 1  # the engine could not start it yet: keep gathering (batches grow with load)
+                elif self._wait_engine(0.05):
+                    # The engine could not start it yet: keep gathering (batches grow with load). Waiting on
+                    # the engine, not in 1 ms polls, leaves the GIL to the engine thread; records arriving
+                    # meanwhile wait in the client's buffer and are taken below without waiting.
+                    timeout = 0
                 else:
                     break
             else:
@@ -359,8 +362,13 @@ class RecallWorker:
                 first = time.monotonic()
         return batch
 
-    def _engine_busy(self) -> bool:
-        return any(b.results is not None and not b.results.done() for b in self._inflight)
+    def _wait_engine(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for an engine call in flight to end; False if none was running."""
+        running = [b.results for b in self._inflight if b.results is not None and not b.results.done()]
+        if not running:
+            return False
+        wait(running, timeout=timeout_s, return_when=FIRST_COMPLETED)
+        return True
 
     def _rewind(self, records: list[Any], low: dict[TopicPartition, int] | None = None) -> None:
         """Seek the partitions that are ours back to the lowest of these records / offsets. The client
@@ -608,6 +616,7 @@ def build_engine(
         load_popular(export_dir)[: settings.worker.cold_start_size * 4],
         exclude_seen=settings.worker.exclude_seen,
         metrics=metrics,
+        min_topn=store.free_topn(),
     )
     t0 = time.perf_counter()
     try:

@@ -190,6 +190,12 @@ def store_round_trip(store: Any, name: str, rng: np.random.Generator) -> tuple[n
     assert top_ids.tolist() == exact.tolist()  # FLAT + IP: exact
     assert not np.isin(top_ids, ids[290:]).any()  # deleted ids never come back
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    assert store._direct is True  # one chunk: the blocking RPC below pymilvus' result parsing
+    store._direct = False  # the public client.search path answers the same
+    public_ids, public_scores = store.search(vecs[[20, 295]], top_k=5)
+    store._direct = None
+    assert public_ids.tolist() == top_ids.tolist()
+    np.testing.assert_allclose(public_scores, scores, rtol=1e-6)
 
     # Chunked calls (fired together, read straight from the response) against numpy: every row, the
     # chunk boundaries, and the padding of rows with fewer hits than asked for.

@@ -31,10 +31,11 @@ class FakeTower:
 
 class ExactSearch:
     def __init__(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        self.ids, self.vecs, self.calls = ids, vecs, []  # type: ignore[var-annotated]
+        self.ids, self.vecs, self.calls, self.topns = ids, vecs, [], []  # type: ignore[var-annotated]
 
     def __call__(self, q: np.ndarray, topn: int) -> tuple[np.ndarray, np.ndarray]:
         self.calls.append(q.shape[0])
+        self.topns.append(topn)
         s = q @ self.vecs.T
         order = np.argsort(-s, axis=1, kind="stable")[:, :topn]
         return self.ids[order], np.take_along_axis(s, order, 1)
@@ -161,6 +162,25 @@ def test_filtering_stays_exact_by_searching_short_users_again() -> None:
     assert [c.item_id for c in r[0].items] == [c.item_id for c in want]
     assert eng.retried >= 1 and len(search.calls) >= 2
     assert not {c.item_id for c in r[0].items} & (dead | set(hist.tolist()))
+
+
+def test_min_topn_widens_the_first_search_and_spares_the_second() -> None:
+    """Same dead ids and seen best hits as above: with the first search asking for min_topn hits (an
+    HNSW index's ef, free there) the lists fill in one call, and the answer is the same."""
+    dead = set(range(1, 201, 2))
+    live_ids = np.array([i for i in IDS if i not in dead])
+    hist = np.array([2, 4, 6, 8, 10])
+    queries = [Query(1, 10, hist), Query(2, 10, np.array([8]))]
+    eng, _, _ = engine(exclude_seen=True, items=ArrayItems(live_ids, VECS[live_ids - 1], "v1"))
+    answers, calls = [], []
+    for min_topn in (0, 40):
+        eng.min_topn, eng.retried = min_topn, 0
+        eng.search = search = ExactSearch(IDS, VECS)  # the index still returns the dead ones
+        answers.append([[c.item_id for c in r.items] for r in eng.recall(queries)])
+        calls.append((list(search.topns), eng.retried))
+    assert answers[0] == answers[1]
+    assert calls[0][1] >= 1 and len(calls[0][0]) >= 2  # without: short lists, a second search
+    assert calls[1] == ([40], 0)  # with: one search of 40 hits per interest
 
 
 def test_warm_up_runs_one_forward_and_one_search() -> None:
