@@ -119,6 +119,21 @@ def test_producer_partitions_keys_like_the_java_client(settings: Settings) -> No
     assert len(set(want.values())) == 4
 
 
+def test_producer_warm_up_fetches_metadata_or_says_why_not(settings: Settings) -> None:
+    import pytest
+
+    topic = settings.topics.recall_requests
+    kafka_io.ensure_topics(settings, {topic: 4})
+    producer = kafka_io.make_producer(settings)
+    producer.warm_up(topic)  # the real broker answers
+    producer.send(topic, key=b"1", value=b"x")
+    producer.flush(timeout=30)
+    away = kafka_io.make_producer(settings.replace("kafka.bootstrap_servers=127.0.0.1:1"))
+    with pytest.raises(kafka_io.KafkaError, match=topic):
+        away.warm_up(topic, timeout=1.0)
+    away.close(timeout=0.1)
+
+
 def test_group_consumer_polls_seeks_and_commits(settings: Settings) -> None:
     """The librdkafka group consumer the recall worker uses: a poll returns what is buffered without
     waiting for a full batch, seek re-reads, commit/committed round-trip, callbacks run inside poll."""
