@@ -108,8 +108,9 @@ class RecallEngine:
         self.popular = np.asarray(popular, dtype=np.int64)
         self.exclude_seen = exclude_seen
         self.metrics = metrics
-        # The first search asks for at least this many hits per interest: ItemStore.free_topn(), the ef an
-        # HNSW search visits whatever its limit, so they cost nothing more and spare most second searches.
+        # The first search asks for up to this many hits per interest (at most 4x what it needs):
+        # ItemStore.free_topn(), the ef an HNSW search visits whatever its limit, so they cost the server
+        # nothing more and spare most second searches.
         self.min_topn = max(0, int(min_topn))
         self.stage_s: dict[str, float] = {}  # last batch, for benchmarks and logs
         self.retried = 0  # users searched a second time (see _search_and_merge)
@@ -185,13 +186,10 @@ class RecallEngine:
         rows = np.concatenate([np.arange(int(n)) + r * K for r, n in enumerate(n_int)])
         qvecs = np.ascontiguousarray(interests.reshape(b * K, D)[rows])
         seen = [np.unique(hists[i]).size if self.exclude_seen else 0 for i in usable]
-        topn = min(
-            max(
-                max(queries[i].top_k + (sn + 3) // 4 for i, sn in zip(usable, seen, strict=True)) + SEARCH_MARGIN,
-                self.min_topn,
-            ),
-            MAX_SEARCH_TOPN,
-        )
+        need = max(queries[i].top_k + (sn + 3) // 4 for i, sn in zip(usable, seen, strict=True)) + SEARCH_MARGIN
+        # up to min_topn hits are free on the server; capped at 4x what is needed, as parsing and merging
+        # them is not free here (an ef set high for recall would otherwise multiply the client's work)
+        topn = min(max(need, min(self.min_topn, 4 * need)), MAX_SEARCH_TOPN)
         todo = list(range(len(usable)))
         search_s = merge_s = 0.0
         while todo:

@@ -181,6 +181,9 @@ def test_min_topn_widens_the_first_search_and_spares_the_second() -> None:
     assert answers[0] == answers[1]
     assert calls[0][1] >= 1 and len(calls[0][0]) >= 2  # without: short lists, a second search
     assert calls[1] == ([40], 0)  # with: one search of 40 hits per interest
+    eng.min_topn, eng.search = 10_000, (search := ExactSearch(IDS, VECS))
+    assert [[c.item_id for c in r.items] for r in eng.recall(queries)] == answers[0]
+    assert search.topns[0] == 4 * (10 + (5 + 3) // 4 + 2)  # capped at 4x what the first search needs
 
 
 def test_warm_up_runs_one_forward_and_one_search() -> None:
