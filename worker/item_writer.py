@@ -169,17 +169,12 @@ class ItemWriter:
         """Run until stopped (or idle for ``idle_exit_s``); returns the process exit code."""
         s = self.s
         kafka_io.ensure_item_topic(s)
-        consumer = kafka_io.make_consumer(
-            s,
-            None,
-            s.worker.item_writer_group,
-            max_poll_records=s.worker.item_batch_max,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=2_000,
+        consumer = kafka_io.make_group_consumer(
+            s, s.worker.item_writer_group, session_timeout_ms=10_000, heartbeat_interval_ms=2_000
         )
         self._consumer = consumer
-        kafka_io.subscribe_with_listener(
-            consumer, [s.topics.item_embeddings], self._on_assigned, self._on_revoked
+        consumer.subscribe(
+            [s.topics.item_embeddings], lambda _parts: None, self._on_revoked, after_assigned=self._on_assigned
         )
         producer = kafka_io.make_producer(s)
         last_record = time.monotonic()
@@ -205,7 +200,7 @@ class ItemWriter:
             return EXIT_CONFIG
         finally:
             producer.close(timeout=5)
-            consumer.close(autocommit=False)
+            consumer.close()  # never commits: offsets are committed only after Milvus acknowledged
             self.store.close()
 
     def _idle_for(self, last_record: float) -> float:
@@ -288,7 +283,6 @@ class ItemWriter:
 
         Only offsets of records already in Milvus are committed, and only for partitions still assigned.
         """
-        w = self.s.worker
         written = self.pending.next_offsets()
         start: float | None = None
         attempt = 0
@@ -298,9 +292,8 @@ class ItemWriter:
             if not offsets:  # revoked meanwhile: nothing of ours to commit
                 self._resume(consumer)
                 return False
-            left = w.outage_limit_s - (0.0 if start is None else time.monotonic() - start)
             try:
-                kafka_io.commit_offsets(consumer, offsets, timeout_ms=int(max(1.0, min(10.0, left)) * 1000))
+                consumer.commit(offsets)  # a coordinator that is away fails it after ~10 s (_WAIT_COORD)
             except kafka_io.CommitFailedError as e:
                 log.warning("commit refused, the group rebalanced (records are re-read, writes are idempotent): %s", e)
                 self._resume(consumer)
@@ -469,7 +462,8 @@ class ItemWriter:
                 parts = list(consumer.assignment())
                 if parts:
                     end = consumer.end_offsets(parts, timeout_ms=2000)  # bounded: the broker may be down
-                    lag = sum(max(0, end[tp] - consumer.position(tp, timeout_ms=2000)) for tp in parts)
+                    pos = {tp: consumer.position(tp) for tp in parts}
+                    lag = sum(max(0, end[tp] - p) for tp, p in pos.items() if p is not None)
                     self.metrics.consumer_lag.labels(topic=DLQ_ROLE).set(lag + len(self.pending))
             except kafka_io.KafkaError as e:
                 log.debug("lag not measured: %s", e)
