@@ -162,6 +162,8 @@ class ItemWriter:
         self._consumer: Any = None
         self._last_lag = 0.0
         self._last_rows = 0.0
+        self._last_probe = 0.0
+        self._unreachable_since: float | None = None
         self._assigned_at = 0.0
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -289,7 +291,9 @@ class ItemWriter:
         while True:
             owned = consumer.assignment()
             offsets = {tp: off for tp, off in written.items() if tp in owned}
-            if not offsets:  # revoked meanwhile: nothing of ours to commit
+            if not offsets:  # revoked (or lost: broker away past the session timeout): nothing of ours
+                if start is not None and self._unreachable_since is None:
+                    self._unreachable_since = start  # the outage goes on counting in _probe_broker
                 self._resume(consumer)
                 return False
             try:
@@ -444,6 +448,22 @@ class ItemWriter:
                 dropped,
             )
 
+    def _probe_broker(self, consumer: Any, now: float) -> None:
+        """Without partitions, nothing fails when the broker is away: librdkafka declares the assignment
+        lost after the session timeout (the uncommitted batch is dropped, to be re-read) and then waits.
+        Ask for metadata instead, so an outage past worker.outage_limit_s still ends the process."""
+        if consumer.partitions_for_topic(self.s.topics.item_embeddings, timeout_s=1.0) is not None:
+            if self._unreachable_since is not None:
+                log.info("kafka is back after %.1fs", now - self._unreachable_since)
+            self._unreachable_since = None
+            return
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+            log.warning("kafka unavailable: no partitions assigned and no metadata from the broker; waiting")
+        down, limit = now - self._unreachable_since, self.s.worker.outage_limit_s
+        if down > limit:
+            raise OutageLimit(f"kafka unavailable for {down:.1f}s > worker.outage_limit_s={limit}")
+
     def _pause(self, consumer: Any) -> None:
         if not self.paused:
             consumer.pause(*consumer.assignment())
@@ -456,6 +476,9 @@ class ItemWriter:
 
     def _housekeeping(self, consumer: Any) -> None:
         now = time.monotonic()
+        if not consumer.assignment() and now - self._last_probe >= 1.0:
+            self._last_probe = now
+            self._probe_broker(consumer, now)
         if now - self._last_lag >= 5.0:
             self._last_lag = now
             try:
