@@ -484,9 +484,11 @@ class ItemWriter:
             try:
                 parts = list(consumer.assignment())
                 if parts:
-                    end = consumer.end_offsets(parts, timeout_ms=2000)  # bounded: the broker may be down
+                    # the end offsets of the last fetch responses: asking the broker (ListOffsets) queued
+                    # behind the long-poll fetches and stalled the loop ~2 s every 5 s
+                    ends = {tp: consumer.highwater(tp) for tp in parts}
                     pos = {tp: consumer.position(tp) for tp in parts}
-                    lag = sum(max(0, end[tp] - p) for tp, p in pos.items() if p is not None)
+                    lag = sum(max(0, e - p) for tp, e in ends.items() if e is not None and (p := pos[tp]) is not None)
                     self.metrics.consumer_lag.labels(topic=DLQ_ROLE).set(lag + len(self.pending))
             except kafka_io.KafkaError as e:
                 log.debug("lag not measured: %s", e)

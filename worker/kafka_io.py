@@ -257,7 +257,7 @@ def _tps(parts: list[Any]) -> list[TopicPartition]:
 
 class GroupConsumer:
     """librdkafka group consumer behind the kafka-python calls the recall worker and the item writer
-    make (poll, seek, commit, pause/resume, highwater, end offsets, partitions_for_topic, close).
+    make (poll, seek, commit, pause/resume, highwater, position, partitions_for_topic, close).
 
     Why not kafka-python here: at 500 req/s its IO thread and poll took ~50 % of the recall
     worker's CPU samples and raised an internal timeout exception per poll (garbage for the collector);
@@ -316,17 +316,6 @@ class GroupConsumer:
 
     def paused(self) -> set[TopicPartition]:
         return self._paused & self.assignment()
-
-    def end_offsets(self, tps: Iterable[TopicPartition], timeout_ms: int = 10_000) -> dict[TopicPartition, int]:
-        """Each partition's end offset, asked of the broker (bounded by ``timeout_ms``)."""
-        out = {}
-        for tp in tps:
-            try:
-                _low, high = self._c.get_watermark_offsets(_rd_tp(tp), timeout=timeout_ms / 1000)
-            except confluent_kafka.KafkaException as e:
-                raise KafkaError(f"end offset of {tp.topic}:{tp.partition}: {e}") from e
-            out[tp] = high
-        return out
 
     def position(self, tp: TopicPartition) -> int | None:
         """The next offset this consumer will read from ``tp`` (None before its first fetch)."""
