@@ -162,6 +162,8 @@ class ItemWriter:
         self._consumer: Any = None
         self._last_lag = 0.0
         self._last_rows = 0.0
+        self._last_probe = 0.0
+        self._unreachable_since: float | None = None
         self._assigned_at = 0.0
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -169,17 +171,12 @@ class ItemWriter:
         """Run until stopped (or idle for ``idle_exit_s``); returns the process exit code."""
         s = self.s
         kafka_io.ensure_item_topic(s)
-        consumer = kafka_io.make_consumer(
-            s,
-            None,
-            s.worker.item_writer_group,
-            max_poll_records=s.worker.item_batch_max,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=2_000,
+        consumer = kafka_io.make_group_consumer(
+            s, s.worker.item_writer_group, session_timeout_ms=10_000, heartbeat_interval_ms=2_000
         )
         self._consumer = consumer
-        kafka_io.subscribe_with_listener(
-            consumer, [s.topics.item_embeddings], self._on_assigned, self._on_revoked
+        consumer.subscribe(
+            [s.topics.item_embeddings], lambda _parts: None, self._on_revoked, after_assigned=self._on_assigned
         )
         producer = kafka_io.make_producer(s)
         last_record = time.monotonic()
@@ -205,7 +202,7 @@ class ItemWriter:
             return EXIT_CONFIG
         finally:
             producer.close(timeout=5)
-            consumer.close(autocommit=False)
+            consumer.close()  # never commits: offsets are committed only after Milvus acknowledged
             self.store.close()
 
     def _idle_for(self, last_record: float) -> float:
@@ -288,19 +285,19 @@ class ItemWriter:
 
         Only offsets of records already in Milvus are committed, and only for partitions still assigned.
         """
-        w = self.s.worker
         written = self.pending.next_offsets()
         start: float | None = None
         attempt = 0
         while True:
             owned = consumer.assignment()
             offsets = {tp: off for tp, off in written.items() if tp in owned}
-            if not offsets:  # revoked meanwhile: nothing of ours to commit
+            if not offsets:  # revoked (or lost: broker away past the session timeout): nothing of ours
+                if start is not None and self._unreachable_since is None:
+                    self._unreachable_since = start  # the outage goes on counting in _probe_broker
                 self._resume(consumer)
                 return False
-            left = w.outage_limit_s - (0.0 if start is None else time.monotonic() - start)
             try:
-                kafka_io.commit_offsets(consumer, offsets, timeout_ms=int(max(1.0, min(10.0, left)) * 1000))
+                consumer.commit(offsets)  # a coordinator that is away fails it after ~10 s (_WAIT_COORD)
             except kafka_io.CommitFailedError as e:
                 log.warning("commit refused, the group rebalanced (records are re-read, writes are idempotent): %s", e)
                 self._resume(consumer)
@@ -451,6 +448,22 @@ class ItemWriter:
                 dropped,
             )
 
+    def _probe_broker(self, consumer: Any, now: float) -> None:
+        """Without partitions, nothing fails when the broker is away: librdkafka declares the assignment
+        lost after the session timeout (the uncommitted batch is dropped, to be re-read) and then waits.
+        Ask for metadata instead, so an outage past worker.outage_limit_s still ends the process."""
+        if consumer.partitions_for_topic(self.s.topics.item_embeddings, timeout_s=1.0) is not None:
+            if self._unreachable_since is not None:
+                log.info("kafka is back after %.1fs", now - self._unreachable_since)
+            self._unreachable_since = None
+            return
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+            log.warning("kafka unavailable: no partitions assigned and no metadata from the broker; waiting")
+        down, limit = now - self._unreachable_since, self.s.worker.outage_limit_s
+        if down > limit:
+            raise OutageLimit(f"kafka unavailable for {down:.1f}s > worker.outage_limit_s={limit}")
+
     def _pause(self, consumer: Any) -> None:
         if not self.paused:
             consumer.pause(*consumer.assignment())
@@ -463,13 +476,19 @@ class ItemWriter:
 
     def _housekeeping(self, consumer: Any) -> None:
         now = time.monotonic()
+        if not consumer.assignment() and now - self._last_probe >= 1.0:
+            self._last_probe = now
+            self._probe_broker(consumer, now)
         if now - self._last_lag >= 5.0:
             self._last_lag = now
             try:
                 parts = list(consumer.assignment())
                 if parts:
-                    end = consumer.end_offsets(parts, timeout_ms=2000)  # bounded: the broker may be down
-                    lag = sum(max(0, end[tp] - consumer.position(tp, timeout_ms=2000)) for tp in parts)
+                    # the end offsets of the last fetch responses: asking the broker (ListOffsets) queued
+                    # behind the long-poll fetches and stalled the loop ~2 s every 5 s
+                    ends = {tp: consumer.highwater(tp) for tp in parts}
+                    pos = {tp: consumer.position(tp) for tp in parts}
+                    lag = sum(max(0, e - p) for tp, e in ends.items() if e is not None and (p := pos[tp]) is not None)
                     self.metrics.consumer_lag.labels(topic=DLQ_ROLE).set(lag + len(self.pending))
             except kafka_io.KafkaError as e:
                 log.debug("lag not measured: %s", e)

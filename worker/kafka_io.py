@@ -256,8 +256,8 @@ def _tps(parts: list[Any]) -> list[TopicPartition]:
 
 
 class GroupConsumer:
-    """librdkafka group consumer behind the kafka-python calls the recall worker makes (poll, seek,
-    commit, highwater, partitions_for_topic, close).
+    """librdkafka group consumer behind the kafka-python calls the recall worker and the item writer
+    make (poll, seek, commit, pause/resume, highwater, position, partitions_for_topic, close).
 
     Why not kafka-python here: at 500 req/s its IO thread and poll took ~50 % of the recall
     worker's CPU samples and raised an internal timeout exception per poll (garbage for the collector);
@@ -266,6 +266,7 @@ class GroupConsumer:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self._c = confluent_kafka.Consumer(config, logger=rd_log)
+        self._paused: set[TopicPartition] = set()  # librdkafka does not say which are paused
 
     def subscribe(
         self,
@@ -273,23 +274,53 @@ class GroupConsumer:
         on_assigned: Callable[[list[TopicPartition]], Mapping[TopicPartition, int] | None],
         on_revoked: Callable[[list[TopicPartition]], None],
         on_lost: Callable[[list[TopicPartition]], None] | None = None,
+        after_assigned: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
         """``on_assigned`` may return start offsets for some of the partitions (the others start at the
         committed offset). They are set with the assignment itself: a seek right after it can be undone
-        by librdkafka's own committed-offset lookup finishing later."""
+        by librdkafka's own committed-offset lookup finishing later. ``after_assigned`` runs once the
+        partitions are assigned (e.g. to pause them: a partition can be paused only once assigned)."""
 
         def assign(c: Any, parts: list[Any]) -> None:
             start = on_assigned(_tps(parts))
-            if start:
-                c.assign([confluent_kafka.TopicPartition(p.topic, p.partition, start.get(
+            if start or after_assigned is not None:
+                c.assign([confluent_kafka.TopicPartition(p.topic, p.partition, (start or {}).get(
                     TopicPartition(p.topic, p.partition), confluent_kafka.OFFSET_STORED)) for p in parts])
+            if after_assigned is not None:
+                after_assigned(_tps(parts))
+
+        def unassigned(parts: list[Any], hook: Callable[[list[TopicPartition]], None]) -> None:
+            self._paused -= set(_tps(parts))
+            hook(_tps(parts))
 
         self._c.subscribe(
             list(topics),
             on_assign=assign,
-            on_revoke=lambda _c, parts: on_revoked(_tps(parts)),
-            on_lost=lambda _c, parts: (on_lost or on_revoked)(_tps(parts)),
+            on_revoke=lambda _c, parts: unassigned(parts, on_revoked),
+            on_lost=lambda _c, parts: unassigned(parts, on_lost or on_revoked),
         )
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(_tps(self._c.assignment()))
+
+    def pause(self, *tps: TopicPartition) -> None:
+        """Stop fetching these partitions; records of theirs already buffered are not returned."""
+        if tps:
+            self._c.pause([_rd_tp(tp) for tp in tps])
+            self._paused |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        if tps:
+            self._c.resume([_rd_tp(tp) for tp in tps])
+            self._paused -= set(tps)
+
+    def paused(self) -> set[TopicPartition]:
+        return self._paused & self.assignment()
+
+    def position(self, tp: TopicPartition) -> int | None:
+        """The next offset this consumer will read from ``tp`` (None before its first fetch)."""
+        got = self._c.position([_rd_tp(tp)])
+        return got[0].offset if got and got[0].offset >= 0 else None
 
     def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
         """Records buffered now, or the first to arrive within ``timeout_ms``, with what came with it."""
