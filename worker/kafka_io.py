@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import confluent_kafka
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
@@ -72,7 +72,6 @@ __all__ = [
     "make_producer",
     "make_reader",
     "send_dead_letter",
-    "subscribe_with_listener",
 ]
 
 # A header value is bytes; keep each bounded so one bad record cannot bloat the DLQ.
@@ -485,25 +484,6 @@ def ensure_topics(
         raise KafkaError(f"topics not visible after {timeout_s}s: {sorted(set(topics) - set(admin.list_topics()))}")
     finally:
         admin.close()
-
-
-def subscribe_with_listener(
-    consumer: KafkaConsumer,
-    topics: Iterable[str],
-    on_assigned: Callable[[list[TopicPartition]], None],
-    on_revoked: Callable[[list[TopicPartition]], None],
-) -> None:
-    """Subscribe with rebalance callbacks (they run inside ``poll``; keep them short, no blocking IO).
-    Lost partitions (eviction) go to ``on_revoked`` too (kafka-python's default)."""
-
-    class _Listener(ConsumerRebalanceListener):
-        def on_partitions_revoked(self, revoked: Any) -> None:
-            on_revoked(list(revoked))
-
-        def on_partitions_assigned(self, assigned: Any) -> None:
-            on_assigned(list(assigned))
-
-    consumer.subscribe(list(topics), listener=_Listener())
 
 
 def commit_offsets(
