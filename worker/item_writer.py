@@ -476,22 +476,23 @@ class ItemWriter:
 
     def _housekeeping(self, consumer: Any) -> None:
         now = time.monotonic()
-        if not consumer.assignment() and now - self._last_probe >= 1.0:
+        if now - self._last_probe >= 1.0:
             self._last_probe = now
-            self._probe_broker(consumer, now)
+            if not consumer.assignment():
+                self._probe_broker(consumer, now)
         if now - self._last_lag >= 5.0:
             self._last_lag = now
-            try:
-                parts = list(consumer.assignment())
-                if parts:
-                    # the end offsets of the last fetch responses: asking the broker (ListOffsets) queued
-                    # behind the long-poll fetches and stalled the loop ~2 s every 5 s
-                    ends = {tp: consumer.highwater(tp) for tp in parts}
-                    pos = {tp: consumer.position(tp) for tp in parts}
-                    lag = sum(max(0, e - p) for tp, e in ends.items() if e is not None and (p := pos[tp]) is not None)
-                    self.metrics.consumer_lag.labels(topic=DLQ_ROLE).set(lag + len(self.pending))
-            except kafka_io.KafkaError as e:
-                log.debug("lag not measured: %s", e)
+            parts = consumer.assignment()
+            if parts:
+                # the end offsets of the last fetch responses (no broker call, so no error while it is away):
+                # asking the broker (ListOffsets) queued behind the long-poll fetches and stalled the loop
+                # ~2 s every 5 s
+                lag = 0
+                for tp in parts:
+                    end, pos = consumer.highwater(tp), consumer.position(tp)
+                    if end is not None and pos is not None:
+                        lag += max(0, end - pos)
+                self.metrics.consumer_lag.labels(topic=DLQ_ROLE).set(lag + len(self.pending))
         if now - self._last_rows >= 10.0 and not self.pending:
             self._last_rows = now
             try:

@@ -21,7 +21,6 @@ import confluent_kafka
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
-from kafka.structs import OffsetAndMetadata
 
 from mind_recall.settings import Settings
 
@@ -59,12 +58,10 @@ __all__ = [
     "DeadLetter",
     "GroupConsumer",
     "KafkaError",
-    "OffsetAndMetadata",
     "Producer",
     "Record",
     "TopicPartition",
     "client_config",
-    "commit_offsets",
     "ensure_topics",
     "make_admin",
     "make_consumer",
@@ -160,9 +157,6 @@ class Delivery:
 
     def failed(self) -> bool:
         return self._done and self._err is not None
-
-    def is_done(self) -> bool:
-        return self._done
 
 
 class Producer:
@@ -318,7 +312,10 @@ class GroupConsumer:
 
     def position(self, tp: TopicPartition) -> int | None:
         """The next offset this consumer will read from ``tp`` (None before its first fetch)."""
-        got = self._c.position([_rd_tp(tp)])
+        try:
+            got = self._c.position([_rd_tp(tp)])
+        except confluent_kafka.KafkaException:  # e.g. no longer assigned
+            return None
         return got[0].offset if got and got[0].offset >= 0 else None
 
     def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
@@ -484,18 +481,6 @@ def ensure_topics(
         raise KafkaError(f"topics not visible after {timeout_s}s: {sorted(set(topics) - set(admin.list_topics()))}")
     finally:
         admin.close()
-
-
-def commit_offsets(
-    consumer: KafkaConsumer, next_offsets: Mapping[TopicPartition, int], timeout_ms: int | None = None
-) -> None:
-    """Commit the next offset to read per partition (synchronously: the caller's effect is already durable).
-
-    With the broker down this raises (KafkaConnectionError at once, or KafkaTimeoutError after
-    ``timeout_ms``, default request_timeout_ms); after the group moved on, CommitFailedError.
-    """
-    if next_offsets:
-        consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()}, timeout_ms=timeout_ms)
 
 
 class ConsumerRecordLike:  # documentation only: the attributes the workers read from kafka records

@@ -28,7 +28,8 @@ def test_produce_consume_commit_resume(settings: Settings) -> None:
     producer.flush()
 
     group = settings.worker.group_id
-    c1 = kafka_io.make_consumer(settings, [topic], group)
+    c1 = kafka_io.make_group_consumer(settings, group)  # the workers' consumer
+    c1.subscribe([topic], lambda _parts: None, lambda _parts: None)
     first = _drain(c1, 60)
     assert len(first) >= 60
     # commit exactly what was read so far, per partition
@@ -36,10 +37,11 @@ def test_produce_consume_commit_resume(settings: Settings) -> None:
     for r in first:
         tp = kafka_io.TopicPartition(r.topic, r.partition)
         next_offsets[tp] = max(next_offsets.get(tp, 0), r.offset + 1)
-    kafka_io.commit_offsets(c1, next_offsets)
+    c1.commit(next_offsets)
     c1.close()
 
-    c2 = kafka_io.make_consumer(settings, [topic], group)
+    c2 = kafka_io.make_group_consumer(settings, group)
+    c2.subscribe([topic], lambda _parts: None, lambda _parts: None)
     rest = _drain(c2, 100 - len(first))
     c2.close()
     seen = sorted(json.loads(r.value)["item_id"] for r in first + rest)
