@@ -102,14 +102,15 @@ def _ms(v: float | None) -> str:
 def _collect_results(settings: Settings, want: set[str], timeout_s: float) -> dict[str, dict[str, Any]]:
     from worker import kafka_io
 
-    consumer = kafka_io.make_consumer(settings, [settings.topics.recall_results], None)
+    consumer = kafka_io.make_reader(settings)
     got: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout_s
     try:
+        consumer.assign_from(dict.fromkeys(kafka_io.topic_partitions(consumer, settings.topics.recall_results)))
         while want - set(got) and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=200).values():
                 for r in records:
-                    body = json.loads(r.value)
+                    body = json.loads(r.value or b"{}")
                     if body.get("request_id") in want:
                         got[body["request_id"]] = body
     finally:

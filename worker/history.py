@@ -14,11 +14,10 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from worker.kafka_io import TopicPartition
+from worker.kafka_io import GroupConsumer, TopicPartition
 from worker.requests import Click, user_key
 
 log = logging.getLogger(__name__)
@@ -116,11 +115,14 @@ def encode_entry(user_id: int, h: UserHistory) -> bytes:
     ).encode()
 
 
-def restore(consumer: Any, topic: str, partitions: Iterable[int], state: HistoryState, timeout_s: float = 60.0) -> int:
+def restore(
+    consumer: GroupConsumer, topic: str, partitions: Iterable[int], state: HistoryState, timeout_s: float = 60.0
+) -> int:
     """Replay changelog ``partitions`` from the beginning into ``state``; returns the records read.
 
-    ``consumer`` is a group-less kafka consumer used only for this (assign + seek), so the
-    worker's group membership is not touched.
+    ``consumer`` is a reader (``kafka_io.make_reader``: assign only, no group), so the worker's group
+    membership is not touched. The end offsets are asked once, before reading: records produced after
+    that belong to the live loop, which writes them itself.
     """
     tps = [TopicPartition(topic, p) for p in sorted(set(partitions))]
     if not tps:
@@ -128,19 +130,21 @@ def restore(consumer: Any, topic: str, partitions: Iterable[int], state: History
     state.drop_partitions(tp.partition for tp in tps)
     for tp in tps:
         state._parts.setdefault(tp.partition, {})
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    end = consumer.end_offsets(tps)
-    remaining = {tp for tp in tps if end[tp] > consumer.position(tp)}
-    n, deadline = 0, time.monotonic() + timeout_s
-    while remaining:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"history restore of {topic} {sorted(tp.partition for tp in remaining)} timed out")
-        for tp, records in consumer.poll(timeout_ms=200, max_records=5000).items():
-            for r in records:
-                if r.offset < end[tp]:
-                    state.restore_entry(tp.partition, r.key, r.value)
-                    n += 1
-        remaining = {tp for tp in remaining if consumer.position(tp) < end[tp]}
-    consumer.assign([])
+    consumer.assign_from(dict.fromkeys(tps))
+    try:
+        marks = consumer.watermarks(tps)
+        end = {tp: high for tp, (_low, high) in marks.items()}
+        remaining = {tp for tp, (low, high) in marks.items() if high > low}
+        n, deadline = 0, time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"history restore of {topic} {sorted(tp.partition for tp in remaining)} timed out")
+            for tp, records in consumer.poll(timeout_ms=200, max_records=5000).items():
+                for r in records:
+                    if r.offset < end[tp]:
+                        state.restore_entry(tp.partition, r.key, r.value)
+                        n += 1
+            remaining = {tp for tp in remaining if not consumer.read_up_to(tp, end[tp])}
+    finally:
+        consumer.unassign()
     return n

@@ -400,14 +400,10 @@ class ItemFollower:
             consumer = None
             try:
                 kafka_io.ensure_item_topic(s)
-                consumer = kafka_io.make_consumer(s, None, None)
-                parts = kafka_io.assign_all(consumer, topic)
-                for tp in parts:
-                    if tp in positions:
-                        consumer.seek(tp, positions[tp])
-                    else:
-                        consumer.seek_to_beginning(tp)
-                end = consumer.end_offsets(parts)
+                consumer = kafka_io.make_reader(s, fetch_max_wait_ms=500)
+                parts = kafka_io.topic_partitions(consumer, topic)
+                consumer.assign_from({tp: positions.get(tp) for tp in parts})  # None: from the beginning
+                end = {tp: high for tp, (_low, high) in consumer.watermarks(parts).items()}
                 while not self._stop.is_set():
                     for tp, records in consumer.poll(timeout_ms=200, max_records=5000).items():
                         for r in records:
@@ -415,7 +411,9 @@ class ItemFollower:
                             if isinstance(ev, ItemEvent):
                                 self.cache.apply(ev)
                         positions[tp] = records[-1].offset + 1
-                    if not self.caught_up.is_set() and all(consumer.position(tp) >= end[tp] for tp in parts):
+                    if not self.caught_up.is_set() and all(
+                        positions.get(tp, 0) >= end[tp] or consumer.read_up_to(tp, end[tp]) for tp in parts
+                    ):
                         self.caught_up.set()
                         log.info("item cache caught up: %d items", len(self.cache))
                     if self.metrics is not None:

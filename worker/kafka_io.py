@@ -1,6 +1,8 @@
 """Every Kafka client call goes through this module, so the client choice stays cheap to change.
 
-Consumers (kafka-python) never auto-commit: callers commit only after their effect is durable.
+Consumers (librdkafka, confluent-kafka) never auto-commit: callers commit only after their effect is
+durable. kafka-python is left for admin calls (topic creation) and ``make_consumer``, which tests use as an
+independent client to check what the workers wrote.
 Producers are librdkafka's (confluent-kafka) behind a small kafka-python-like ``send``/``flush``: with
 kafka-python's pure-Python producer, publishing cost the recall worker and the load generator more CPU
 than anything but the engine (docs/benchmarks.md). acks=all with idempotence, and Java's murmur2
@@ -260,6 +262,7 @@ class GroupConsumer:
     def __init__(self, config: dict[str, Any]) -> None:
         self._c = confluent_kafka.Consumer(config, logger=rd_log)
         self._paused: set[TopicPartition] = set()  # librdkafka does not say which are paused
+        self._eof: dict[TopicPartition, int] = {}  # end-of-partition offsets seen (readers only)
 
     def subscribe(
         self,
@@ -333,6 +336,9 @@ class GroupConsumer:
         for m in msgs:
             err = m.error()
             if err is not None:
+                if err.code() == confluent_kafka.KafkaError._PARTITION_EOF:  # enable.partition.eof (readers)
+                    self._eof[TopicPartition(m.topic(), m.partition())] = m.offset() or 0
+                    continue
                 if err.fatal():
                     raise KafkaError(f"consumer error: {err}")
                 rd_log.warning("consumer: %s", err)  # e.g. a broker that went away: librdkafka retries (throttled)
@@ -359,6 +365,38 @@ class GroupConsumer:
             parts.append(confluent_kafka.TopicPartition(p.topic, p.partition, off if off >= 0 else
                                                         confluent_kafka.OFFSET_STORED))
         self._c.assign(parts)
+
+    def assign_from(self, starts: Mapping[TopicPartition, int | None]) -> None:
+        """Read exactly these partitions, outside any group: each from its offset (None: the beginning)."""
+        self._eof.clear()
+        self._c.assign([
+            _rd_tp(tp, confluent_kafka.OFFSET_BEGINNING if off is None else off) for tp, off in starts.items()
+        ])
+
+    def unassign(self) -> None:
+        self._eof.clear()
+        self._c.unassign()
+
+    def watermarks(
+        self, tps: Iterable[TopicPartition], timeout_s: float = 10.0
+    ) -> dict[TopicPartition, tuple[int, int]]:
+        """(first, end) offset per partition, asked of the broker. Ask once, at the start of a read, never
+        inside a poll loop: the request queues behind the long-poll fetches (it stalled a loop ~2 s)."""
+        out = {}
+        for tp in tps:
+            try:
+                low, high = self._c.get_watermark_offsets(_rd_tp(tp), timeout=timeout_s)
+            except confluent_kafka.KafkaException as e:
+                raise KafkaError(f"end offsets of {tp.topic}:{tp.partition}: {e}") from e
+            out[tp] = (int(low), int(high))
+        return out
+
+    def read_up_to(self, tp: TopicPartition, offset: int) -> bool:
+        """True once every record of ``tp`` before ``offset`` has been returned by ``poll``: the position
+        got there, or (a reader with enable.partition.eof) the end of the partition was seen at or past
+        it, which also covers offsets that compaction left without a record."""
+        pos = self.position(tp)
+        return (pos is not None and pos >= offset) or self._eof.get(tp, -1) >= offset
 
     def assign_at_end(self, tps: Iterable[TopicPartition], timeout_s: float = 10.0) -> None:
         """Read these partitions (no group) from their current end: records produced from now on."""
@@ -425,6 +463,7 @@ def make_group_consumer(
     session_timeout_ms: int = 10_000,
     heartbeat_interval_ms: int = 3_000,
     max_poll_interval_ms: int = 300_000,
+    extra: Mapping[str, Any] | None = None,
 ) -> GroupConsumer:
     """A manual-commit group consumer (librdkafka); offsets are committed only by the caller."""
     cfg = rd_config(settings)
@@ -442,13 +481,18 @@ def make_group_consumer(
             "socket.nagle.disable": True,
         }
     )
+    cfg.update(extra or {})
     return GroupConsumer(cfg)
 
 
 def make_reader(settings: Settings, fetch_max_wait_ms: int = 100) -> GroupConsumer:
-    """A librdkafka consumer for ``assign``-style reading (tools, the load generator): it joins no group
-    and commits nothing (librdkafka wants a group id all the same)."""
-    return make_group_consumer(settings, f"{settings.kafka.client_id}-reader", fetch_max_wait_ms=fetch_max_wait_ms)
+    """A librdkafka consumer for ``assign``-style reading (history restore, item follower, the load
+    generator, tools): it joins no group and commits nothing (librdkafka wants a group id all the same).
+    It notes where each partition ends (``read_up_to``)."""
+    return make_group_consumer(
+        settings, f"{settings.kafka.client_id}-reader", fetch_max_wait_ms=fetch_max_wait_ms,
+        extra={"enable.partition.eof": True},
+    )
 
 
 def make_admin(settings: Settings) -> KafkaAdminClient:
@@ -539,8 +583,8 @@ def ensure_item_topic(settings: Settings) -> None:
     )
 
 
-def assign_all(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> list[TopicPartition]:
-    """Manually assign every partition of ``topic`` (no consumer group): for followers of a topic."""
+def topic_partitions(consumer: GroupConsumer, topic: str, timeout_s: float = 30.0) -> list[TopicPartition]:
+    """Every partition of ``topic``, waiting for its metadata (a topic created a moment ago): for followers."""
     deadline = time.monotonic() + timeout_s
     parts = consumer.partitions_for_topic(topic)
     while not parts and time.monotonic() < deadline:
@@ -548,7 +592,4 @@ def assign_all(consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0) -> 
         parts = consumer.partitions_for_topic(topic)
     if not parts:
         raise KafkaError(f"topic {topic} has no partitions after {timeout_s}s")
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
-    consumer.assign(tps)
-    return tps
-
+    return [TopicPartition(topic, p) for p in sorted(parts)]

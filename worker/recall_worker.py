@@ -133,7 +133,7 @@ class RecallWorker:
         self.ensure_topics()
         w = self.s.worker
         self.producer = kafka_io.make_producer(self.s)
-        self.restore_consumer = kafka_io.make_consumer(self.s, None, None)
+        self.restore_consumer = kafka_io.make_reader(self.s)
         self.consumer = kafka_io.make_group_consumer(
             self.s,
             w.group_id,

@@ -245,3 +245,32 @@ def test_group_consumer_seek_on_a_fresh_assignment_reassigns(settings: Settings)
         assert [(r.partition, r.offset) for r in again] == [(0, o) for o in range(2, len(got[tps[0]]))]
     finally:
         c.close()
+
+
+def test_reader_reads_partitions_to_their_end_offsets(settings: Settings) -> None:
+    """The assign-only reader (history restore, item follower): from the beginning or an offset, up to the
+    end offsets asked once at the start; an empty partition counts as read once its end was seen."""
+    topic = settings.topics.history_changelog
+    kafka_io.ensure_topics(settings, {topic: 3})
+    producer = kafka_io.make_producer(settings)
+    for i in range(30):
+        producer.send(topic, key=f"k{i}".encode(), value=str(i).encode(), partition=i % 2)  # partition 2 stays empty
+    producer.flush(timeout=30)
+    tps = [kafka_io.TopicPartition(topic, p) for p in range(3)]
+    reader = kafka_io.make_reader(settings, fetch_max_wait_ms=10)
+    try:
+        assert kafka_io.topic_partitions(reader, topic) == tps
+        reader.assign_from({tps[0]: None, tps[1]: 5, tps[2]: None})
+        marks = reader.watermarks(tps)
+        assert marks == {tps[0]: (0, 15), tps[1]: (0, 15), tps[2]: (0, 0)}
+        assert not reader.read_up_to(tps[0], 15)
+        got: dict = {tp: [] for tp in tps}
+        deadline = time.monotonic() + 30
+        while not all(reader.read_up_to(tp, marks[tp][1]) for tp in tps) and time.monotonic() < deadline:
+            for tp, recs in reader.poll(timeout_ms=200).items():
+                got[tp] += [r.offset for r in recs]
+        assert got == {tps[0]: list(range(15)), tps[1]: list(range(5, 15)), tps[2]: []}
+        reader.unassign()
+        assert reader.poll(timeout_ms=300) == {}
+    finally:
+        reader.close()
