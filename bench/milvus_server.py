@@ -603,9 +603,51 @@ def cmd_recall(args: argparse.Namespace) -> dict:
     return out
 
 
+def cmd_search(args: argparse.Namespace) -> dict:
+    """Server CPU per search call against a loaded collection (the recall bench's, by its alias), calls
+    paced at --call-rate so the server is never saturated: what one call costs the server in its Go layers
+    plus the HNSW work per query vector. Its idle CPU over the same time is measured first and subtracted.
+    Query vectors are item vectors of the export (the interest capsules live in the same space)."""
+    from model.tower import load_items
+
+    s = load(None, overrides=[f"milvus.uri={args.uri}", "milvus.index_type=HNSW",
+                              f'milvus.search_params={{"ef": {args.efs[0]}}}', f"milvus.alias={args.alias}",
+                              *args.override], env={})
+    _ids, vecs = load_items(str(args.export))
+    rng = np.random.default_rng(7)
+    store = ItemStore(s.milvus)
+    store.search(vecs[:4], args.top_k)  # connect, load check
+    pids = server_pids()
+    t0, c0 = time.perf_counter(), cpu_s(pids)
+    time.sleep(args.idle_s)
+    idle_cores = (cpu_s(pids) - c0) / (time.perf_counter() - t0)
+    out: dict[str, Any] = {"alias": args.alias, "ef": args.efs[0], "top_k": args.top_k, "calls": args.calls,
+                           "call_rate": args.call_rate, "server_idle_cores": round(idle_cores, 3)}
+    for nq in args.nq:
+        walls = []
+        gap = 1.0 / args.call_rate
+        t0, c0 = time.perf_counter(), cpu_s(pids)
+        nxt = t0
+        for _ in range(args.calls):
+            q = vecs[rng.integers(0, len(vecs), nq)]
+            t = time.perf_counter()
+            store.search(q, args.top_k)
+            walls.append((time.perf_counter() - t) * 1000)
+            nxt += gap
+            time.sleep(max(0.0, nxt - time.perf_counter()))
+        wall = time.perf_counter() - t0
+        server_ms = ((cpu_s(pids) - c0) - idle_cores * wall) / args.calls * 1000
+        out[f"nq_{nq}"] = {"server_cpu_ms_per_call": round(server_ms, 2),
+                           "server_cpu_ms_per_query": round(server_ms / nq, 3),
+                           "wall_ms_p50": round(pct(walls, 50), 2), "wall_ms_p99": round(pct(walls, 99), 2)}
+        log(json.dumps({f"nq_{nq}": out[f"nq_{nq}"]}))
+    store.close()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=["items", "profile", "recall"])
+    p.add_argument("phase", choices=["items", "profile", "recall", "search"])
     p.add_argument("--uri", default="http://127.0.0.1:19530")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--events", type=int, default=100_000)
@@ -621,10 +663,16 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=1024)
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--efs", type=lambda v: [int(x) for x in v.split(",")], default=[50, 64, 128, 256])
+    p.add_argument("--alias", default="benchrecall", help="search: the collection (alias) to search")
+    p.add_argument("--nq", type=lambda v: [int(x) for x in v.split(",")], default=[1, 10, 40, 80],
+                   help="search: query vectors per call")
+    p.add_argument("--calls", type=int, default=300, help="search: calls per nq")
+    p.add_argument("--call-rate", type=float, default=30.0, help="search: calls per second")
+    p.add_argument("--idle-s", type=float, default=5.0, help="search: idle time to measure the server's baseline")
     p.add_argument("-o", "--override", action="append", default=[])
     args = p.parse_args()
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: where is it stuck?
-    fn = {"items": cmd_items, "profile": cmd_profile, "recall": cmd_recall}[args.phase]
+    fn = {"items": cmd_items, "profile": cmd_profile, "recall": cmd_recall, "search": cmd_search}[args.phase]
     print(json.dumps(fn(args), indent=2))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,33 @@ class _BodyLimit:
         await send({"type": "http.response.body", "body": resp.body})
 
 
+class _Timed:
+    """Times every HTTP request into ``http_request_seconds{endpoint, code}`` (outermost, so requests
+    refused by the body limit and errors count too). The Kafka path's ``recall_latency_seconds`` stays
+    request ts -> result produced: HTTP time is not mixed into it."""
+
+    def __init__(self, app: Any, service: RecallService) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        metrics = self.service.metrics
+        if scope["type"] != "http" or metrics is None:
+            await self.app(scope, receive, send)
+            return
+        t0, status = time.perf_counter(), 500  # 500 unless a response starts (an exception escapes)
+
+        async def send_timed(msg: Any) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = int(msg["status"])
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_timed)
+        finally:
+            metrics.http_observe(scope.get("path", ""), status, time.perf_counter() - t0)
+
+
 def create_app(settings: Settings, service: RecallService) -> FastAPI:
     app = FastAPI(title="mind-recall", description="MIND multi-interest recall over Milvus", version="1")
     w, h = settings.worker, settings.http
@@ -252,6 +280,7 @@ def create_app(settings: Settings, service: RecallService) -> FastAPI:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(_BodyLimit, limit=h.max_body_bytes)
+    app.add_middleware(_Timed, service=service)  # added last: the outermost
     return app
 
 

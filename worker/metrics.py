@@ -38,6 +38,11 @@ DLQ_REASONS = (
     "oversized", "bad_top_k", "bad_history", "other",
 )
 MILVUS_OPS = ("upsert", "delete", "search", "get", "count")
+# The API's routes (worker/http_api.py); any other path is timed as "other" (bounded labels).
+HTTP_ENDPOINTS = (
+    "/rec/insert_data", "/rec/recall", "/rec/count", "/rec/drop", "/qa/drop", "/healthz", "/metrics", "/docs",
+    "/openapi.json",
+)
 
 
 def reason_label(reason: str) -> str:
@@ -66,6 +71,9 @@ class Metrics:
             registry=reg)
         self.recall_requests = Counter(
             "recall_requests_total", "Recall requests by outcome", ["outcome"], namespace=ns, registry=reg)
+        self.http_request = Histogram(
+            "http_request_seconds", "HTTP API request duration (received to response sent) by endpoint and "
+            "status class", ["endpoint", "code"], namespace=ns, buckets=LATENCY_BUCKETS, registry=reg)
         self.clicks = Counter(
             "clicks_total", "Click events applied to user history", namespace=ns, registry=reg)
         # item path
@@ -105,6 +113,10 @@ class Metrics:
             self.recall_requests.labels(outcome=outcome)
         for op in MILVUS_OPS:
             self.milvus_errors.labels(op=op)
+
+    def http_observe(self, path: str, status: int, seconds: float) -> None:
+        endpoint = path if path in HTTP_ENDPOINTS else "other"
+        self.http_request.labels(endpoint=endpoint, code=f"{status // 100}xx").observe(seconds)
 
     def dead_letter(self, topic_role: str, reason: str) -> None:
         """Count one dead letter; ``topic_role`` is clicks|item_embeddings|recall_requests (bounded)."""

@@ -120,6 +120,13 @@ def test_auth_and_limits(api: tuple[TestClient, Settings, ItemStore], export_bas
 
     r = client.post("/rec/recall", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413
+    assert client.get("/nope/12345").status_code == 404
+    text = client.get("/metrics").text  # every request above is timed, by route and status class
+    for endpoint, code, n in (("/rec/recall", "2xx", 1), ("/rec/recall", "4xx", 3 + 9 + 2), ("/rec/count", "4xx", 1),
+                              ("/healthz", "2xx", 1), ("/rec/insert_data", "2xx", 1), ("other", "4xx", 1)):
+        line = f'mind_recall_http_request_seconds_count{{code="{code}",endpoint="{endpoint}"}} {float(n)}'
+        assert line in text, line
+    assert "12345" not in text  # paths outside the API are not label values
     assert client.post("/rec/recall", content=b"{nope", headers={"Content-Type": "application/json"}).status_code == 422
 
 
