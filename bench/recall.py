@@ -372,6 +372,8 @@ def main() -> int:
     ap.add_argument("--skip-ceiling", action="store_true")
     ap.add_argument("--batch-ms", type=float, default=5.0, help="worker.batch_ms of both workers")
     ap.add_argument("--json", default=None, help="also write the JSON here")
+    ap.add_argument("-o", "--override", action="append", default=[],
+                    help="a settings override for the workers and the generator (key=value), repeatable")
     ap.add_argument("--generator-nice", type=int, default=0,
                     help="run this process (load generator + result reader) at this niceness, the workers at the "
                          "bench's own: the generator stands in for other machines (raising a child back needs root)")
@@ -406,6 +408,7 @@ def main() -> int:
             "worker.batch_max=256",
             f"worker.batch_ms={a.batch_ms}",
             *[f"topics.{t}=bench-{run_id}-{t.replace('_', '-')}" for t in topics],
+            *a.override,
         ],
         env={},
     )
@@ -438,6 +441,7 @@ def main() -> int:
         "batch_ms": s.worker.batch_ms,
         "duration_per_rate_s": a.duration,
         "generator_nice": a.generator_nice,
+        "overrides": a.override,
     }
     for mode, rates in (("batched", a.rates), ("per_request", a.per_request_rates)):
         if not rates:  # e.g. --per-request-rates '' for repeated runs of one path

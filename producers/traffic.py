@@ -174,9 +174,23 @@ def run_open_loop(
                     "max": max(service, default=None),
                 },
                 "e2e_ms": {"p50": _pct(e2e, 50), "p99": _pct(e2e, 99)},
+                # by second of sending: a tail spread over every second is queueing, one in a few
+                # seconds is a stall (a pause of some process) worth finding
+                "p99_by_second_ms": _by_second(
+                    [(q - first, max(0, p - q)) for q, p, _ in vals if q and p], 99
+                ),
             }
         )
     return out
+
+
+def _by_second(points: list[tuple[int, int]], q: float) -> list[float | None]:
+    """Percentile ``q`` of the values per whole second of their offset (ms); seconds without values: None."""
+    per: dict[int, list[int]] = {}
+    for off_ms, v in points:
+        per.setdefault(off_ms // 1000, []).append(v)
+    return [round(float(np.percentile(per[sec], q)), 1) if sec in per else None
+            for sec in range(max(per, default=-1) + 1)]
 
 
 def _clicks(settings: Settings, args: argparse.Namespace) -> int:
