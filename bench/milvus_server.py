@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def pct(xs: list[float] | np.ndarray, q: float) -> float:
+def pct(xs: Sequence[float] | np.ndarray, q: float) -> float:
     return round(float(np.percentile(np.asarray(xs, np.float64), q)), 1) if len(xs) else float("nan")
 
 

@@ -57,7 +57,8 @@ def build_model(
     export = work / "export"
     if not (export / "manifest.json").is_file():
         t0 = time.perf_counter()
-        write_dataset(work / "data", users=users, items=items, seed=11, **({"clusters": clusters} if clusters else {}))
+        extra: dict[str, float] = {"clusters": clusters} if clusters else {}
+        write_dataset(work / "data", users=users, items=items, seed=11, params=None, **extra)
         s = load(
             None,
             overrides=[
