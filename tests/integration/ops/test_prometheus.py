@@ -82,11 +82,12 @@ class Load:
     record per consumer so that dead letters keep coming (a rate, and so the alert, needs increases
     that Prometheus sees, not only a count reached before its first scrape)."""
 
-    def __init__(self, settings: Settings, export_base: Path) -> None:
+    def __init__(self, settings: Settings, export_base: Path, http_url: str) -> None:
         from worker import kafka_io
         from worker.items import load_export
 
         self.s = settings
+        self.http_url = http_url
         self.data = export_base / "data" / "train"
         self.version, self.dim, *_ = load_export(export_base / "export")
         self.stop = threading.Event()
@@ -125,6 +126,17 @@ class Load:
         run_open_loop(self.s, rate=40, duration=1.0, user_ids=range(60), top_k=20, wait_results=False)
         replay_clicks(self.s, self.data, users=3)
         self.producer.send(self.s.topics.recall_requests, key=b"1", value=b"not json")
+        self._http()
+
+    def _http(self) -> None:
+        """One synchronous recall and one health probe through the worker's HTTP API."""
+        body = json.dumps({"top_k": 5, "hist_item": [[1, 2, 3]]}).encode()
+        req = urllib.request.Request(f"{self.http_url}/rec/recall", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200 and len(json.loads(resp.read())["results"]) == 1
+        with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=10) as resp:
+            assert resp.status == 200
 
     def _items(self) -> None:
         from producers.items import publish, synthetic_updates
@@ -147,7 +159,7 @@ def _start_scrape_target(settings: Settings, export_base: Path, tmp_path: Path) 
     """The real service under load: ``mind-recall worker`` with all roles in one process (item writer,
     recall worker, HTTP API; Milvus Lite needs them together) serving the test model, wired to this
     test's topics, groups and Milvus Lite file, on a fixed free metrics port, driven by :class:`Load`."""
-    port = _free_port()
+    port, http_port = _free_port(), _free_port()
     overrides = {
         "kafka.bootstrap_servers": settings.kafka.bootstrap_servers,
         "milvus.uri": settings.milvus.uri,
@@ -156,7 +168,7 @@ def _start_scrape_target(settings: Settings, export_base: Path, tmp_path: Path) 
         "worker.session_timeout_ms": "6000",
         "metrics.host": "127.0.0.1",
         "metrics.port": str(port),
-        "http.port": "0",
+        "http.port": str(http_port),
         **{f"topics.{k}": getattr(settings.topics, k)
            for k in ("clicks", "item_embeddings", "recall_requests", "recall_results", "dlq", "history_changelog")},
     }
@@ -169,23 +181,25 @@ def _start_scrape_target(settings: Settings, export_base: Path, tmp_path: Path) 
                                 env={**os.environ, "PYTHONPATH": str(ROOT), "MIND_RECALL_LOG": "INFO"})
     load: Load | None = None
     try:
-        # up and joined: the model is loaded and both consumers report lag (set once they own partitions;
-        # both label it with the topic's role)
+        # up and joined: the model is loaded, both consumers report lag (set once they own partitions;
+        # both label it with the topic's role) and the HTTP API answers
         joined = ("mind_recall_model_info{", 'topic="item_embeddings"', 'topic="recall_requests"')
         deadline = time.monotonic() + WORKER_START_S
         while True:
             text = _scrape(port)
-            if all(mark in text for mark in joined):
+            if all(mark in text for mark in joined) and _answers(f"http://127.0.0.1:{http_port}/healthz"):
                 break
             assert proc.poll() is None, f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"worker not up after {WORKER_START_S}s:\n{log.read_text()[-3000:]}"
             time.sleep(0.2)
-        load = Load(settings, export_base)
+        load = Load(settings, export_base, f"http://127.0.0.1:{http_port}")
         load.start()
         yield ScrapeTarget({"mind-recall-worker": [f"127.0.0.1:{port}"]})
     finally:
         if load is not None:
             load.stop.set()
+            for th in load.threads:  # a round in flight ends before the worker (and its API) stops
+                th.join(15)
         proc.send_signal(signal.SIGTERM)
         try:
             rc = proc.wait(timeout=40)
@@ -197,6 +211,14 @@ def _start_scrape_target(settings: Settings, export_base: Path, tmp_path: Path) 
         if load is not None:
             load.close()
     assert rc == 0, f"worker did not stop cleanly on SIGTERM (rc {rc}):\n{tail}"
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:  # not listening yet (URLError is an OSError)
+        return False
 
 
 def _free_port() -> int:
