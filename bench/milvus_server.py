@@ -625,7 +625,7 @@ def cmd_search(args: argparse.Namespace) -> dict:
     out: dict[str, Any] = {"alias": args.alias, "ef": args.efs[0], "top_k": args.top_k, "calls": args.calls,
                            "call_rate": args.call_rate, "server_idle_cores": round(idle_cores, 3)}
     for nq in args.nq:
-        walls = []
+        walls, starts = [], []
         gap = 1.0 / args.call_rate
         t0, c0 = time.perf_counter(), cpu_s(pids)
         nxt = t0
@@ -634,13 +634,18 @@ def cmd_search(args: argparse.Namespace) -> dict:
             t = time.perf_counter()
             store.search(q, args.top_k)
             walls.append((time.perf_counter() - t) * 1000)
+            starts.append(t - t0)
             nxt += gap
             time.sleep(max(0.0, nxt - time.perf_counter()))
         wall = time.perf_counter() - t0
         server_ms = ((cpu_s(pids) - c0) - idle_cores * wall) / args.calls * 1000
         out[f"nq_{nq}"] = {"server_cpu_ms_per_call": round(server_ms, 2),
                            "server_cpu_ms_per_query": round(server_ms / nq, 3),
-                           "wall_ms_p50": round(pct(walls, 50), 2), "wall_ms_p99": round(pct(walls, 99), 2)}
+                           "wall_ms_p50": round(pct(walls, 50), 2), "wall_ms_p99": round(pct(walls, 99), 2),
+                           "wall_ms_max": round(max(walls), 1),
+                           # slow calls with their offset (s) into the run: periodic stalls show as a pattern
+                           "over_100ms_at_s": [
+                               round(at, 1) for at, w in zip(starts, walls, strict=True) if w > 100][:20]}
         log(json.dumps({f"nq_{nq}": out[f"nq_{nq}"]}))
     store.close()
     return out

@@ -350,6 +350,86 @@ def engine_direct(
     return out
 
 
+def engine_open_loop(
+    s: Settings, export: Path, seqs: dict[int, np.ndarray], rates: list[float], duration: float, top_k: int
+) -> list[dict[str, Any]]:
+    """The batched engine fed in-process at open-loop rates: no Kafka, no broker, no generator process.
+    Requests arrive on schedule in a thread; a batch closes ``worker.batch_ms`` after its first request
+    or when the engine is free, whichever is later (the worker's policy); latency is arrival -> results.
+    The same cores without the Kafka hops: how much of the budget the engine and Milvus alone use."""
+    import queue
+    import threading
+
+    from model.tower import UserTower
+    from worker.recall import Query, RecallEngine, load_export_items, load_popular, store_search
+    from worker.store import ItemStore
+
+    tower = UserTower.load(export)
+    store = ItemStore(s.milvus)
+    eng = RecallEngine(tower, store_search(store, store.collection_name(tower.model_version)),
+                       load_export_items(export), load_popular(export), min_topn=store.free_topn())
+    users = sorted(seqs)
+    window = s.worker.batch_ms / 1000
+    out = []
+    try:
+        eng.recall([Query(u, top_k, seqs[u][-tower.maxlen :]) for u in users[:16]])  # warm-up
+        for rate in rates:
+            arrivals: queue.SimpleQueue[tuple[float, int] | None] = queue.SimpleQueue()
+            n = int(rate * duration)
+            rng = np.random.default_rng(int(rate))
+            picks = rng.integers(0, len(users), n)
+
+            def generate(rate: float = rate, n: int = n, picks: np.ndarray = picks,
+                         arrivals: queue.SimpleQueue = arrivals) -> None:  # type: ignore[type-arg]
+                t0 = time.perf_counter()
+                for k in range(n):
+                    wait = t0 + k / rate - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
+                    arrivals.put((time.perf_counter(), users[int(picks[k])]))
+                arrivals.put(None)
+
+            gen = threading.Thread(target=generate, daemon=True)
+            lat: list[float] = []
+            sizes: list[int] = []
+            cpu0, t_start = time.process_time(), time.perf_counter()
+            gen.start()
+            done = False
+            while not done:
+                first = arrivals.get()
+                if first is None:
+                    break
+                batch = [first]
+                while not done:  # gather until the window after the first arrival is over
+                    left = first[0] + window - time.perf_counter()
+                    try:
+                        nxt = arrivals.get(timeout=left) if left > 0 else arrivals.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        done = True
+                    else:
+                        batch.append(nxt)
+                eng.recall([Query(u, top_k, seqs[u][-tower.maxlen :]) for _, u in batch])
+                end = time.perf_counter()
+                lat += [(end - a) * 1000 for a, _ in batch]
+                sizes.append(len(batch))
+            gen.join()
+            wall = time.perf_counter() - t_start
+            row = {
+                "offered_rps": rate, "answered": len(lat), "throughput_rps": round(len(lat) / wall, 1),
+                "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1),
+                               "p99": round(float(np.percentile(lat, 99)), 1), "max": round(max(lat), 1)},
+                "batch_size_p50": float(np.median(sizes)), "bench_process_cpu_pct": round(
+                    100 * (time.process_time() - cpu0) / wall, 1),
+            }
+            log(f"  engine open loop {rate}: {row}")
+            out.append(row)
+    finally:
+        store.close()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=3000)
@@ -372,6 +452,8 @@ def main() -> int:
                     help="replay clicks of and send requests for only the first N train users (0: all)")
     ap.add_argument("--skip-ceiling", action="store_true")
     ap.add_argument("--batch-ms", type=float, default=5.0, help="worker.batch_ms of both workers")
+    ap.add_argument("--engine-rates", default="",
+                    help="also feed the batched engine in-process at these open-loop rates (no Kafka)")
     ap.add_argument("--json", default=None, help="also write the JSON here")
     ap.add_argument("-o", "--override", action="append", default=[],
                     help="a settings override for the workers and the generator (key=value), repeatable")
@@ -470,6 +552,9 @@ def main() -> int:
         result["search_call"] = search_cost(s, export, seqs, [1, 4, 64, 256, 1024], a.top_k)
     else:
         result["lite_search_call"] = search_cost(s, export, seqs, [1, 4, 64, 256, 1024], a.top_k)
+    if a.engine_rates:
+        result["engine_open_loop"] = engine_open_loop(
+            s, export, seqs, [float(r) for r in a.engine_rates.split(",")], a.duration, a.top_k)
     if not a.skip_ceiling:
         reps = 3 if manifest["n_items"] > 100_000 else 5
         result["ceiling_exact_blas"] = ceiling(export, seqs, 256, a.top_k, reps=reps)
