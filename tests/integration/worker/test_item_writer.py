@@ -285,6 +285,29 @@ def test_item_cache_follows_the_topic(settings: Settings, tmp_path: Path) -> Non
     assert follower.error is None
 
 
+def test_item_cache_is_caught_up_only_after_what_the_topic_held(settings: Settings, tmp_path: Path) -> None:
+    """A worker starting on a topic with history: ``caught_up`` means every event already there is applied
+    (the end offsets are asked once at the start; partitions without events count as read)."""
+    export = tmp_path / "export"
+    export.mkdir()
+    np.savez(export / "items.npz", ids=np.arange(1, 11, dtype=np.int64), vectors=np.ones((10, DIM), np.float32))
+    (export / "manifest.json").write_text(json.dumps({"model_version": "v1", "dim": DIM, "created_ts": 1.0}))
+    kafka_io.ensure_item_topic(settings)
+    now = int(time.time() * 1000)
+    events = [(i, np.full(DIM, float(i), np.float32), "v1", now + i) for i in range(11, 311)]
+    events += [(3, None, "v1", now + 400)]  # a delete
+    publish(settings, events, progress=False)
+    cache, follower = start_item_cache(settings, export, wait_s=30)
+    try:
+        assert follower.caught_up.is_set()
+        assert len(cache) == 10 + 300 - 1
+        vecs, found = cache.lookup(np.array([[310, 3]]))
+        assert found.tolist() == [[True, False]] and vecs[0, 0, 0] == 310.0
+    finally:
+        follower.stop()
+    assert follower.error is None
+
+
 @pytest.fixture(autouse=True)
 def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MIND_RECALL__MILVUS__URI", raising=False)
