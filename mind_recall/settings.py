@@ -151,6 +151,7 @@ class Worker:
     batch_max: int = _positive(256)
     batch_ms: float = _non_negative(2.0)
     pipeline_depth: int = _positive(2)  # micro-batches in flight (1: one at a time)
+    overlap_encode: bool = True  # the tower of one batch runs while the previous one is searched
     commit_interval_ms: float = _non_negative(100.0)  # 0: commit after every batch
     fetch_max_wait_ms: int = _check(10, lambda v: 1 <= v <= 500, "1..500")
     item_batch_max: int = _positive(2000)

@@ -58,6 +58,18 @@ class Recall:
     n_interests: int
 
 
+@dataclass
+class Encoded:
+    """A batch after its tower forward (``RecallEngine.encode``), waiting for its search and merge."""
+
+    queries: Sequence[Query]
+    hists: list[np.ndarray]
+    usable: list[int]  # queries with at least one known history item
+    interests: np.ndarray  # [len(usable), K, D]
+    n_int: np.ndarray  # [len(usable)]
+    stage_s: dict[str, float]
+
+
 class ArrayItems:
     """Item vectors held in sorted numpy arrays (an export's items.npz); every known id is live."""
 
@@ -119,18 +131,21 @@ class RecallEngine:
     def model_version(self) -> str:
         return self.tower.model_version
 
-    def _stage(self, name: str, t0: float) -> float:
+    def _stage(self, stages: dict[str, float], name: str, t0: float) -> float:
         t1 = time.perf_counter()
-        self.stage_s[name] = t1 - t0
+        stages[name] = t1 - t0
         if self.metrics is not None:
             self.metrics.recall_stage.labels(stage=name).observe(t1 - t0)
         return t1
 
     def recall(self, queries: Sequence[Query]) -> list[Recall]:
-        self.stage_s = {}
-        out: list[Recall | None] = [None] * len(queries)
-        if not queries:
-            return []
+        return self.search_merge(self.encode(queries))
+
+    def encode(self, queries: Sequence[Query]) -> Encoded:
+        """Stage 1 of :meth:`recall`: histories -> item vectors -> ONE tower forward. Stage 2,
+        :meth:`search_merge`, may run meanwhile for the previous batch in another thread (the
+        worker overlaps the two: the tower computes while the previous batch waits on Milvus)."""
+        stages: dict[str, float] = {}
         t = time.perf_counter()
         L, D = self.tower.maxlen, self.tower.dim
         # 1. history ids -> vectors in ONE lookup; unknown ids are dropped, the last L known kept.
@@ -147,24 +162,33 @@ class RecallEngine:
             if v.shape[0]:
                 usable.append(i)
                 hv_rows.append(v)
-        t = self._stage("history", t)
-        if usable:
-            hv = np.zeros((len(usable), L, D), dtype=np.float32)
-            lengths = np.zeros(len(usable), dtype=np.int64)
-            for r, v in enumerate(hv_rows):
-                hv[r, : v.shape[0]] = v
-                lengths[r] = v.shape[0]
-            # 2. ONE forward for the batch.
-            interests, n_int = self.tower.encode(hv, lengths)
-            K = interests.shape[1]
-            n_int = np.clip(np.asarray(n_int, dtype=np.int64), 1, K)
-            t = self._stage("encode", t)
-            # 3+4. ONE search for every used interest of every user, then the per-user merge (the same
-            # function evaluation uses); see _search_and_merge for how exactness is kept.
-            self._search_and_merge(queries, usable, hists, interests, n_int, out)
+        t = self._stage(stages, "history", t)
+        if not usable:
+            empty = np.zeros((0, self.tower.k, D), np.float32)
+            return Encoded(queries, hists, usable, empty, np.zeros(0, np.int64), stages)
+        hv = np.zeros((len(usable), L, D), dtype=np.float32)
+        lengths = np.zeros(len(usable), dtype=np.int64)
+        for r, v in enumerate(hv_rows):
+            hv[r, : v.shape[0]] = v
+            lengths[r] = v.shape[0]
+        # 2. ONE forward for the batch.
+        interests, n_int = self.tower.encode(hv, lengths)
+        n_int = np.clip(np.asarray(n_int, dtype=np.int64), 1, interests.shape[1])
+        self._stage(stages, "encode", t)
+        return Encoded(queries, hists, usable, interests, n_int, stages)
+
+    def search_merge(self, enc: Encoded) -> list[Recall]:
+        """Stage 2 of :meth:`recall`: ONE search for every used interest of every user, then the per-user
+        merge (the same function evaluation uses; see _search_and_merge for how exactness is kept), and
+        the cold-start list for users without a usable history."""
+        queries, hists = enc.queries, enc.hists
+        out: list[Recall | None] = [None] * len(queries)
+        if enc.usable:
+            self._search_and_merge(queries, enc.usable, hists, enc.interests, enc.n_int, out, enc.stage_s)
         for i, q in enumerate(queries):
             if out[i] is None:
                 out[i] = Recall(self.cold_start(q.top_k, hists[i]), "cold_start", 0)
+        self.stage_s = enc.stage_s  # the last batch's, for benchmarks and logs
         return [r for r in out if r is not None]
 
     def _search_and_merge(
@@ -175,6 +199,7 @@ class RecallEngine:
         interests: np.ndarray,
         n_int: np.ndarray,
         out: list[Recall | None],
+        stages: dict[str, float],
     ) -> None:
         """Search top-N per interest and merge, exactly: a merged list is exact when it holds top_k
         items and its last score is >= the last score of every interest list that came back full
@@ -234,7 +259,7 @@ class RecallEngine:
             todo = retry
             topn = min(2 * topn + max((seen[r] for r in retry), default=0), MAX_SEARCH_TOPN)
         for name, secs in (("search", search_s), ("merge", merge_s)):
-            self.stage_s[name] = secs
+            stages[name] = secs
             if self.metrics is not None:
                 self.metrics.recall_stage.labels(stage=name).observe(secs)
 

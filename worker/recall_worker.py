@@ -30,7 +30,7 @@ from mind_recall.settings import Settings
 from worker import kafka_io
 from worker.history import HistoryState, restore
 from worker.kafka_io import DeadLetter, TopicPartition
-from worker.recall import Query, Recall, RecallEngine
+from worker.recall import Encoded, Query, Recall, RecallEngine
 from worker.requests import (
     Limits,
     RecallRequest,
@@ -106,6 +106,7 @@ class RecallWorker:
         self._unconfirmed: dict[TopicPartition, int] = {}
         self._assigning = False  # revoked, not assigned yet
         self._engine_pool: ThreadPoolExecutor | None = None
+        self._encode_pool: ThreadPoolExecutor | None = None  # worker.overlap_encode
         self.ready = threading.Event()  # set once partitions are assigned and restored
         self.batches = 0
         t = settings.topics
@@ -291,6 +292,8 @@ class RecallWorker:
         if self.consumer is None:
             self.open()
         self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="recall-engine")
+        if self.s.worker.overlap_encode:
+            self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="recall-encode")
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         depth = self.s.worker.pipeline_depth
         try:
@@ -312,6 +315,8 @@ class RecallWorker:
         finally:
             self.stop_event.set()  # an engine call still retrying gives up at once
             self._engine_pool.shutdown(wait=True, cancel_futures=True)
+            if self._encode_pool is not None:
+                self._encode_pool.shutdown(wait=True, cancel_futures=True)
             self.close()
 
     def stop(self) -> None:
@@ -443,8 +448,20 @@ class RecallWorker:
             if m is not None:
                 m.recall_batch_size.observe(len(queries))
             assert self._engine_pool is not None
-            b.results = self._engine_pool.submit(self._retry, lambda: self.engine.recall(queries), "recall")
+            if self._encode_pool is None:
+                b.results = self._engine_pool.submit(self._retry, lambda: self.engine.recall(queries), "recall")
+            else:
+                # Two single-thread stages: this batch's tower runs while the previous batch waits on
+                # Milvus (one search in flight at a time, in batch order). A failed encode surfaces in
+                # the search stage's future, as a failed recall did.
+                engine = self.engine
+                encoded = self._encode_pool.submit(self._retry, lambda: engine.encode(queries), "encode")
+                b.results = self._engine_pool.submit(self._search_stage, engine, encoded)
         return b
+
+    def _search_stage(self, engine: RecallEngine, encoded: Future[Encoded]) -> list[Recall]:
+        enc = encoded.result()  # a failed encode ends this batch's future with its exception
+        return self._retry(lambda: engine.search_merge(enc), "recall")
 
     def _finish(self, b: _Batch) -> None:
         """Wait for the batch's results, produce changelog + results + errors + dead letters, flush, and

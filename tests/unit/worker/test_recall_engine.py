@@ -190,3 +190,23 @@ def test_warm_up_runs_one_forward_and_one_search() -> None:
     eng, tower, search = engine()
     eng.warm_up()
     assert tower.calls == [1] and search.calls == [K]  # popular ids 5, 4, 3, 2, 1 are known: K interests
+
+
+def test_two_stages_overlapped_across_batches_answer_as_recall() -> None:
+    """encode (tower) of one batch while another is searched: the worker's overlap gives what recall gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    eng, _, _ = engine(exclude_seen=True)
+    batches = [
+        [Query(u, 5 + u % 7, np.array([(u * 7 + j) % 200 + 1 for j in range(1 + u % 6)])) for u in range(b, b + 9)]
+        for b in range(0, 90, 9)
+    ]
+    batches.append([Query(999, 4, np.array([], np.int64)), Query(998, 3, None)])  # cold start only
+    expected = [eng.recall(qs) for qs in batches]
+    with ThreadPoolExecutor(1) as enc_pool, ThreadPoolExecutor(1) as search_pool:
+        encoded = [enc_pool.submit(eng.encode, qs) for qs in batches]
+        results = [search_pool.submit(lambda f=f: eng.search_merge(f.result())) for f in encoded]
+        got = [r.result() for r in results]
+    assert got == expected
+    assert got[-1][0].source == "cold_start" and got[-1][1].source == "cold_start"
+    assert set(eng.stage_s) == {"history"}  # the last batch had no search: its own stages only
