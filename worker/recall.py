@@ -326,7 +326,12 @@ class PerRequestEngine(RecallEngine):
     """The original service's path, kept as the benchmark baseline: per request one tower forward
     and one search call per interest (no batching at all). Same answers as :class:`RecallEngine`."""
 
-    def recall(self, queries: Sequence[Query]) -> list[Recall]:
+    def encode(self, queries: Sequence[Query]) -> Encoded:
+        """Nothing here: the baseline does all of a request's work (its own forward, K searches) in
+        :meth:`search_merge`, so a worker that runs the two stages apart batches and overlaps nothing."""
+        return Encoded(queries, [], [], np.zeros((0, 0, 0), np.float32), np.zeros(0, np.int64), {})
+
+    def search_merge(self, enc: Encoded) -> list[Recall]:
         batched = self.search
 
         def per_interest(qs: np.ndarray, topn: int) -> tuple[np.ndarray, np.ndarray]:
@@ -335,6 +340,8 @@ class PerRequestEngine(RecallEngine):
 
         self.search = per_interest
         try:
-            return [r for q in queries for r in RecallEngine.recall(self, [q])]
+            return [
+                r for q in enc.queries for r in RecallEngine.search_merge(self, RecallEngine.encode(self, [q]))
+            ]
         finally:
             self.search = batched

@@ -138,6 +138,14 @@ def test_per_request_baseline_gives_the_same_answers_with_one_call_per_interest(
     got = base.recall(queries)
     assert [[c.item_id for c in r.items] for r in got] == [[c.item_id for c in r.items] for r in want]
     assert tower.calls == [1, 1, 1] and search.calls == [1] * (3 + 1 + 3)
+    # the worker's two stages (worker.overlap_encode) must not batch the baseline either
+    tower.calls.clear()
+    search.calls.clear()
+    staged = base.encode(queries)
+    assert tower.calls == [] and search.calls == []
+    got = base.search_merge(staged)
+    assert [[c.item_id for c in r.items] for r in got] == [[c.item_id for c in r.items] for r in want]
+    assert tower.calls == [1, 1, 1] and search.calls == [1] * (3 + 1 + 3)
 
 
 def test_filtering_stays_exact_by_searching_short_users_again() -> None:
