@@ -411,9 +411,7 @@ class ItemFollower:
                             if isinstance(ev, ItemEvent):
                                 self.cache.apply(ev)
                         positions[tp] = records[-1].offset + 1
-                    if not self.caught_up.is_set() and all(
-                        positions.get(tp, 0) >= end[tp] or consumer.read_up_to(tp, end[tp]) for tp in parts
-                    ):
+                    if not self.caught_up.is_set() and all(consumer.read_up_to(tp, end[tp]) for tp in parts):
                         self.caught_up.set()
                         log.info("item cache caught up: %d items", len(self.cache))
                     if self.metrics is not None:

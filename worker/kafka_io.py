@@ -400,11 +400,7 @@ class GroupConsumer:
 
     def assign_at_end(self, tps: Iterable[TopicPartition], timeout_s: float = 10.0) -> None:
         """Read these partitions (no group) from their current end: records produced from now on."""
-        parts = []
-        for tp in tps:
-            _low, high = self._c.get_watermark_offsets(_rd_tp(tp), timeout=timeout_s)
-            parts.append(_rd_tp(tp, high))
-        self._c.assign(parts)
+        self.assign_from({tp: high for tp, (_low, high) in self.watermarks(tps, timeout_s).items()})
 
     # The group moved on (as kafka-python's CommitFailedError); anything else (broker down, timeout) is
     # a KafkaError worth retrying.

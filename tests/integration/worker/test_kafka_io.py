@@ -269,6 +269,7 @@ def test_reader_reads_partitions_to_their_end_offsets(settings: Settings) -> Non
         while not all(reader.read_up_to(tp, marks[tp][1]) for tp in tps) and time.monotonic() < deadline:
             for tp, recs in reader.poll(timeout_ms=200).items():
                 got[tp] += [r.offset for r in recs]
+        assert all(reader.read_up_to(tp, marks[tp][1]) for tp in tps)  # the empty one by its end-of-partition
         assert got == {tps[0]: list(range(15)), tps[1]: list(range(5, 15)), tps[2]: []}
         reader.unassign()
         assert reader.poll(timeout_ms=300) == {}
