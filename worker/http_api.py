@@ -140,8 +140,8 @@ class _Timed:
     refused by the body limit and errors count too). The Kafka path's ``recall_latency_seconds`` stays
     request ts -> result produced: HTTP time is not mixed into it."""
 
-    def __init__(self, app: Any, service: RecallService) -> None:
-        self.app, self.service = app, service
+    def __init__(self, app: Any, service: RecallService, routes: frozenset[str]) -> None:
+        self.app, self.service, self.routes = app, service, routes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         metrics = self.service.metrics
@@ -159,7 +159,8 @@ class _Timed:
         try:
             await self.app(scope, receive, send_timed)
         finally:
-            metrics.http_observe(scope.get("path", ""), status, time.perf_counter() - t0)
+            path = scope.get("path", "")
+            metrics.http_observe(path if path in self.routes else "other", status, time.perf_counter() - t0)
 
 
 def create_app(settings: Settings, service: RecallService) -> FastAPI:
@@ -280,7 +281,8 @@ def create_app(settings: Settings, service: RecallService) -> FastAPI:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(_BodyLimit, limit=h.max_body_bytes)
-    app.add_middleware(_Timed, service=service)  # added last: the outermost
+    # added last: the outermost. The label is the app's own route paths, any other path "other" (bounded).
+    app.add_middleware(_Timed, service=service, routes=frozenset(getattr(r, "path", "") for r in app.routes))
     return app
 
 

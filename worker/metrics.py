@@ -38,11 +38,6 @@ DLQ_REASONS = (
     "oversized", "bad_top_k", "bad_history", "other",
 )
 MILVUS_OPS = ("upsert", "delete", "search", "get", "count")
-# The API's routes (worker/http_api.py); any other path is timed as "other" (bounded labels).
-HTTP_ENDPOINTS = (
-    "/rec/insert_data", "/rec/recall", "/rec/count", "/rec/drop", "/qa/drop", "/healthz", "/metrics", "/docs",
-    "/openapi.json",
-)
 
 
 def reason_label(reason: str) -> str:
@@ -114,8 +109,8 @@ class Metrics:
         for op in MILVUS_OPS:
             self.milvus_errors.labels(op=op)
 
-    def http_observe(self, path: str, status: int, seconds: float) -> None:
-        endpoint = path if path in HTTP_ENDPOINTS else "other"
+    def http_observe(self, endpoint: str, status: int, seconds: float) -> None:
+        """``endpoint``: one of the API's routes, or "other" (the caller keeps the label set bounded)."""
         self.http_request.labels(endpoint=endpoint, code=f"{status // 100}xx").observe(seconds)
 
     def dead_letter(self, topic_role: str, reason: str) -> None:
