@@ -311,20 +311,29 @@ def search_cost(
     return out
 
 
+def direct_engine(s: Settings, export: Path) -> tuple[Any, Any]:
+    """(RecallEngine, its ItemStore) over the export's tower and item vectors and the configured Milvus,
+    built as the worker builds it (min_topn from the store); the caller closes the store."""
+    from model.tower import UserTower
+    from worker.recall import RecallEngine, load_export_items, load_popular, store_search
+    from worker.store import ItemStore
+
+    tower = UserTower.load(export)
+    store = ItemStore(s.milvus)
+    eng = RecallEngine(tower, store_search(store, store.collection_name(tower.model_version)),
+                       load_export_items(export), load_popular(export), min_topn=store.free_topn())
+    return eng, store
+
+
 def engine_direct(
     s: Settings, export: Path, seqs: dict[int, np.ndarray], batches: list[int], top_k: int, reps: int = 5
 ) -> dict[str, Any]:
     """The batched engine in-process against the configured Milvus (no Kafka): what one worker's
     recall step costs per micro-batch size, by stage (history, encode, search, merge)."""
-    from model.tower import UserTower
-    from worker.recall import Query, RecallEngine, load_export_items, load_popular, store_search
-    from worker.store import ItemStore
+    from worker.recall import Query
 
-    tower = UserTower.load(export)
-    items = load_export_items(export)
-    store = ItemStore(s.milvus)
-    eng = RecallEngine(tower, store_search(store, store.collection_name(tower.model_version)), items,
-                       load_popular(export), min_topn=store.free_topn())
+    eng, store = direct_engine(s, export)
+    tower = eng.tower
     users = sorted(seqs)
     out: dict[str, Any] = {}
     try:
@@ -360,14 +369,10 @@ def engine_open_loop(
     import queue
     import threading
 
-    from model.tower import UserTower
-    from worker.recall import Query, RecallEngine, load_export_items, load_popular, store_search
-    from worker.store import ItemStore
+    from worker.recall import Query
 
-    tower = UserTower.load(export)
-    store = ItemStore(s.milvus)
-    eng = RecallEngine(tower, store_search(store, store.collection_name(tower.model_version)),
-                       load_export_items(export), load_popular(export), min_topn=store.free_topn())
+    eng, store = direct_engine(s, export)
+    tower = eng.tower
     users = sorted(seqs)
     window = s.worker.batch_ms / 1000
     out = []
