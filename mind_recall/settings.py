@@ -83,13 +83,15 @@ class Runner:
     progress: bool = True
     resume: bool = False  # continue from the latest checkpoint under model_save_path
     keep_checkpoints: int = _non_negative(0)  # keep the last N epoch checkpoints; 0: all
+    valid_data_dir: str = ""  # eval lines for early stopping ("" = test_data_dir)
+    early_stop_patience: int = _non_negative(0)  # stop after N epochs without a better valid Recall@50; 0: off
 
 
 @dataclass(frozen=True)
 class HyperParameters:
     """PaddleRec ``hyper_parameters:`` keys for MIND, plus the measured options."""
 
-    model: str = _one_of("mind", ("mind", "single_vector"))
+    model: str = _one_of("mind", ("mind", "comirec_sa", "single_vector"))
     optimizer: Optimizer = field(default_factory=Optimizer)
     item_count: int = _non_negative(0)  # 0: infer from the training data
     embedding_dim: int = _positive(64)
@@ -104,6 +106,10 @@ class HyperParameters:
     relu_layer: bool = False
     resample_routing: bool = False
     sparse_embedding: bool = True
+    routing_per_sample: bool = False  # MIND: fresh random routing logits per training sample
+    hard_neg_beta: float = _non_negative(0.0)  # REMI hard negatives: weight exp(beta * score); 0: off
+    routing_reg: float = _non_negative(0.0)  # REMI routing variance penalty lambda; 0: off
+    readout: str = _one_of("auto", ("auto", "attention", "argmax"))  # training readout over interests
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""MIND (multi-interest network with dynamic routing) and the single-vector baseline, Paddle dygraph.
+"""MIND (multi-interest network with dynamic routing), ComiRec-SA (self-attentive multi-interest) and
+the single-vector baseline, Paddle dygraph.
 
 The user tower is a separate Layer that takes history *vectors* ``[B, L, D]`` and lengths ``[B]`` and
 returns interests ``[B, K, D]`` plus ``n_interests [B]``: training is an embedding lookup followed by
@@ -22,7 +23,7 @@ NEG_INF = -1e9
 class NetConfig:
     """The shape-defining hyper-parameters (what a checkpoint must record to rebuild the network)."""
 
-    model: str = "mind"  # mind | single_vector
+    model: str = "mind"  # mind | comirec_sa | single_vector
     item_count: int = 2
     embedding_dim: int = 64
     hidden_size: int = 64
@@ -35,6 +36,10 @@ class NetConfig:
     relu_layer: bool = False
     resample_routing: bool = False
     sparse_embedding: bool = True
+    routing_per_sample: bool = False  # MIND: fresh random routing logits per training sample
+    hard_neg_beta: float = 0.0  # REMI interest-aware hard negatives (0: off)
+    routing_reg: float = 0.0  # REMI routing/attention variance penalty lambda (0: off)
+    readout: str = "auto"  # training readout: attention (label-aware, pow_p) | argmax (ComiRec) | auto
 
     @classmethod
     def from_settings(cls, hp: Any, item_count: int) -> NetConfig:
@@ -43,16 +48,19 @@ class NetConfig:
             hidden_size=hp.hidden_size, maxlen=hp.maxlen, capsual_iters=hp.capsual_iters,
             capsual_max_k=hp.capsual_max_k, capsual_init_std=hp.capsual_init_std, pow_p=hp.pow_p,
             dynamic_k=hp.dynamic_k, relu_layer=hp.relu_layer, resample_routing=hp.resample_routing,
-            sparse_embedding=hp.sparse_embedding,
+            sparse_embedding=hp.sparse_embedding, routing_per_sample=hp.routing_per_sample,
+            hard_neg_beta=hp.hard_neg_beta, routing_reg=hp.routing_reg, readout=hp.readout,
         )
 
     @property
     def k(self) -> int:
-        return self.capsual_max_k if self.model == "mind" else 1
+        return self.capsual_max_k if self.model in ("mind", "comirec_sa") else 1
 
     def validate(self) -> None:
-        if self.model not in ("mind", "single_vector"):
-            raise ValueError(f"hyper_parameters.model: expected mind|single_vector, got {self.model!r}")
+        if self.model not in ("mind", "comirec_sa", "single_vector"):
+            raise ValueError(f"hyper_parameters.model: expected mind|comirec_sa|single_vector, got {self.model!r}")
+        if self.readout not in ("auto", "attention", "argmax"):
+            raise ValueError(f"hyper_parameters.readout: expected auto|attention|argmax, got {self.readout!r}")
         if self.item_count < 2:
             raise ValueError(f"hyper_parameters.item_count: need a real item, got {self.item_count}")
         if self.model == "mind" and not self.relu_layer and self.hidden_size != self.embedding_dim:
@@ -101,10 +109,15 @@ class CapsuleTower(nn.Layer):
         # numpy Generator so runs stay reproducible and resumable). A numpy array, not a Tensor, so
         # the Layer does not register it as a buffer: never saved, never exported.
         self.train_logits: np.ndarray | None = None
+        # The last training forward's routing weights [B, K, L] (for routing_reg); a dict, not an
+        # attribute Tensor, so it is never a buffer.
+        self.aux: dict[str, paddle.Tensor] = {}
 
-    def resample(self, rng: np.random.Generator) -> None:
-        """Draw fresh routing logits for the next training batch (the resample_routing option)."""
-        shape = tuple(self.routing_logits.shape)
+    def resample(self, rng: np.random.Generator, batch: int = 1) -> None:
+        """Draw fresh routing logits for the next training batch: one ``[1, K, L]`` set for the batch
+        (resample_routing) or one per sample ``[batch, K, L]`` (routing_per_sample)."""
+        _, k, length = tuple(self.routing_logits.shape)
+        shape = (batch if self.cfg.routing_per_sample else 1, k, length)
         self.train_logits = (rng.standard_normal(shape) * self.cfg.capsual_init_std).astype("float32")
 
     def forward(
@@ -118,7 +131,10 @@ class CapsuleTower(nn.Layer):
         pos = paddle.arange(seq_len, dtype="int64").unsqueeze(0)  # [1, L]
         valid = (pos < lengths.unsqueeze(1)).astype("float32")  # [B, L]
         low = paddle.matmul(hist, self.bilinear) * valid.unsqueeze(-1)  # [B, L, H]; padding -> 0
-        low_fixed = low.detach()  # routing iterations do not backpropagate (as in MIND/PaddleRec)
+        # Routing iterations do not backpropagate (as in MIND/PaddleRec), unless routing_reg needs
+        # a gradient through the routing weights.
+        reg = self.training and self.cfg.routing_reg > 0
+        low_fixed = low if reg else low.detach()
 
         if self.training and self.train_logits is not None:
             b = paddle.to_tensor(self.train_logits[:, :, :seq_len])
@@ -134,7 +150,10 @@ class CapsuleTower(nn.Layer):
         for _ in range(self.cfg.capsual_iters - 1):
             caps = squash(paddle.matmul(weights(b), low_fixed))  # [B, K, H]
             b = b + paddle.matmul(caps, low_fixed, transpose_y=True)  # [B, K, L]
-        interests = squash(paddle.matmul(weights(b.detach()), low))  # [B, K, H]
+        w = weights(b if reg else b.detach())
+        if reg:
+            self.aux["routing"] = w
+        interests = squash(paddle.matmul(w, low))  # [B, K, H]
         if self.readout is not None:
             interests = F.relu(self.readout(interests))
 
@@ -167,8 +186,58 @@ class MeanPoolTower(nn.Layer):
         return user.unsqueeze(1), paddle.ones_like(lengths)
 
 
+class SelfAttentiveTower(nn.Layer):
+    """ComiRec-SA: ``A = softmax_L(W2 tanh(W1 (E + P)))`` over the valid positions, interests ``A E``.
+
+    ``W1: D -> 4D`` (tanh), ``W2: 4D -> K``, learned position embeddings ``P [maxlen, D]`` added to the
+    attention input only (as in ComiRec's ``Model_ComiRec_SA``). Padded positions get weight exactly 0
+    and their vectors are zeroed, so whatever the padded slots hold changes nothing."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, k, length = cfg.embedding_dim, cfg.capsual_max_k, cfg.maxlen
+        self.pos = self.create_parameter(
+            [1, length, d], default_initializer=nn.initializer.Normal(std=1.0 / np.sqrt(d))
+        )
+        self.w1 = nn.Linear(d, 4 * d)
+        self.w2 = nn.Linear(4 * d, k)
+        self.aux: dict[str, paddle.Tensor] = {}
+
+    def forward(
+        self, hist: paddle.Tensor, lengths: paddle.Tensor
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        seq_len = hist.shape[1]
+        lengths = lengths.astype("int64")
+        pos = paddle.arange(seq_len, dtype="int64").unsqueeze(0)
+        valid = (pos < lengths.unsqueeze(1)).astype("float32")  # [B, L]
+        emb = hist * valid.unsqueeze(-1)
+        x = emb + self.pos[:, :seq_len]
+        logits = paddle.transpose(self.w2(paddle.tanh(self.w1(x))), [0, 2, 1])  # [B, K, L]
+        mask = valid.unsqueeze(1)  # [B, 1, L]
+        logits = logits + (1.0 - mask) * NEG_INF
+        att = F.softmax(logits, axis=-1) * mask
+        if self.training and self.cfg.routing_reg > 0:
+            self.aux["routing"] = att
+        interests = paddle.matmul(att, emb)  # [B, K, D]
+        return interests, paddle.full_like(lengths, self.cfg.capsual_max_k)
+
+
 def make_tower(cfg: NetConfig, routing_seed: int = 0) -> nn.Layer:
-    return CapsuleTower(cfg, routing_seed) if cfg.model == "mind" else MeanPoolTower(cfg)
+    if cfg.model == "mind":
+        return CapsuleTower(cfg, routing_seed)
+    if cfg.model == "comirec_sa":
+        return SelfAttentiveTower(cfg)
+    return MeanPoolTower(cfg)
+
+
+def routing_variance_penalty(weights: paddle.Tensor, hidden: int) -> paddle.Tensor:
+    """REMI's routing regularisation: for each interest the variance of its routing/attention
+    weights over the positions, ``sum_b sum_k (sum_l (a_bkl - mean_l a_bk.)^2 / hidden)^2``
+    (``diag(C C^T) / hidden`` with ``C`` the centred weights, squared L2 norm over K, summed over B)."""
+    centred = weights - paddle.mean(weights, axis=-1, keepdim=True)
+    diag = paddle.sum(centred * centred, axis=-1) / float(hidden)  # [B, K]
+    return paddle.sum(diag * diag)
 
 
 class RecallNetwork(nn.Layer):
@@ -190,6 +259,9 @@ class RecallNetwork(nn.Layer):
         w[0] = 0.0
         self.item_emb.weight.set_value(w)
         self.tower = make_tower(cfg, routing_seed)
+        # auto: MIND's label-aware attention for mind, ComiRec's argmax for comirec_sa.
+        auto = "argmax" if cfg.model == "comirec_sa" else "attention"
+        self.readout = cfg.readout if cfg.readout != "auto" else auto
 
     def encode_ids(
         self, hist: paddle.Tensor, lengths: paddle.Tensor
@@ -210,11 +282,16 @@ class RecallNetwork(nn.Layer):
         if self.cfg.k == 1:
             return interests[:, 0]
         score = paddle.sum(interests * target_emb.unsqueeze(1), axis=-1)  # [B, K]
+        k = self.cfg.k
+        valid = paddle.arange(k, dtype="int64").unsqueeze(0) < n.unsqueeze(1)
+        if self.readout == "argmax":
+            # ComiRec: the interest closest to the target alone (hard selection).
+            masked = paddle.where(valid, score, paddle.full_like(score, NEG_INF))
+            pick = F.one_hot(paddle.argmax(masked, axis=1), k).astype(interests.dtype)
+            return paddle.sum(interests * pick.unsqueeze(-1), axis=1)
         p = self.cfg.pow_p
         if p != 1.0:
             score = paddle.sign(score) * paddle.pow(paddle.abs(score), p)
-        k = self.cfg.k
-        valid = paddle.arange(k, dtype="int64").unsqueeze(0) < n.unsqueeze(1)
         score = paddle.where(valid, score, paddle.full_like(score, NEG_INF))
         att = F.softmax(score, axis=1).unsqueeze(-1)
         return paddle.sum(interests * att, axis=1)
@@ -237,11 +314,23 @@ class RecallNetwork(nn.Layer):
         user = self.user_vector(interests, n, target_emb)  # [B, D]
         pos = paddle.sum(user * target_emb, axis=-1, keepdim=True) - target_log_q.unsqueeze(-1)
         neg_emb = self.item_emb(neg_ids)  # [S, D]
-        neg = paddle.matmul(user, neg_emb, transpose_y=True) - neg_log_q.unsqueeze(0)  # [B, S]
+        raw = paddle.matmul(user, neg_emb, transpose_y=True)  # [B, S]
+        neg = raw - neg_log_q.unsqueeze(0)
         hit = target.unsqueeze(1) == neg_ids.unsqueeze(0)  # the target drawn as its own negative
         neg = paddle.where(hit, paddle.full_like(neg, NEG_INF), neg)
+        beta = self.cfg.hard_neg_beta
+        if beta > 0:
+            # REMI interest-aware hard negatives: negative j of row b weighs S * softmax_j(beta * s_bj)
+            # (mean weight 1), i.e. + log of it on its logit; the weights carry no gradient.
+            w = paddle.where(hit, paddle.full_like(raw, NEG_INF), beta * raw).detach()
+            n_valid = paddle.sum((~hit).astype("float32"), axis=1, keepdim=True)
+            neg = neg + (w - paddle.logsumexp(w, axis=1, keepdim=True) + paddle.log(n_valid))
         logits = paddle.concat([pos, neg], axis=1)
         # The true class is column 0. (cross_entropy, not log_softmax: Paddle 3.3's CPU log_softmax
         # takes ~23 ms on [128, 1281], cross_entropy 0.3 ms.)
         label = paddle.zeros([logits.shape[0], 1], dtype="int64")
-        return F.cross_entropy(logits, label, reduction="mean")
+        loss = F.cross_entropy(logits, label, reduction="mean")
+        routing = getattr(self.tower, "aux", {}).pop("routing", None)
+        if self.cfg.routing_reg > 0 and routing is not None:
+            loss = loss + self.cfg.routing_reg * routing_variance_penalty(routing, self.cfg.hidden_size)
+        return loss

@@ -184,6 +184,8 @@ def _train(settings: Settings, resume: bool | None) -> Path:
     root = Path(r.model_save_path)
     start = 0
     last: Path | None = None
+    valid_users = _valid_users(settings) if r.early_stop_patience else None
+    best: tuple[float, int] = (-1.0, -1)  # (valid Recall@50, epoch)
     if resume and checkpoints(root):
         last = checkpoints(root)[-1]
         meta = read_meta(last)
@@ -195,6 +197,8 @@ def _train(settings: Settings, resume: bool | None) -> Path:
         sampler.set_state(meta["rng"]["sampler"])
         routing_rng.bit_generator.state = meta["rng"]["routing"]
         start = int(meta["epoch"]) + 1
+        if "best" in meta:
+            best = (float(meta["best"]["recall@50"]), int(meta["best"]["epoch"]))
         log.info("resuming after epoch %d from %s", start - 1, last)
         if start >= r.epochs:
             log.info("already trained %d epoch(s) (runner.epochs=%d): nothing to do", start, r.epochs)
@@ -214,7 +218,8 @@ def _train(settings: Settings, resume: bool | None) -> Path:
             total=n_batches, desc=f"epoch {epoch}", disable=not r.progress, leave=False, file=sys.stderr
         )
         for i, batch in enumerate(samples.batches(n_batches)):
-            loss = train_step(net, opt, sampler, batch, n_neg, routing_rng if cfg.resample_routing else None)
+            resample = cfg.resample_routing or cfg.routing_per_sample
+            loss = train_step(net, opt, sampler, batch, n_neg, routing_rng if resample else None)
             losses.append(loss)
             step += 1
             rate = (i + 1) * r.train_batch_size / max(time.perf_counter() - t0, 1e-9)
@@ -225,6 +230,12 @@ def _train(settings: Settings, resume: bool | None) -> Path:
         bar.close()
         elapsed = time.perf_counter() - t0
         mean_loss = float(np.mean(losses)) if losses else float("nan")
+        valid_recall = None
+        if valid_users is not None:
+            valid_recall = valid_recall_at_50(net, valid_users, r.infer_batch_size)
+            net.train()
+            if valid_recall > best[0]:
+                best = (valid_recall, epoch)
         meta = {
             "format": FORMAT, "model": cfg.model, "epoch": epoch, "net": _net_dict(cfg),
             "item_count": item_count, "dim": cfg.embedding_dim, "k": cfg.k, "maxlen": cfg.maxlen,
@@ -238,15 +249,51 @@ def _train(settings: Settings, resume: bool | None) -> Path:
             },
             "created_ts": int(time.time() * 1000),
         }
+        if valid_recall is not None:
+            meta["valid_recall@50"] = valid_recall
+            meta["best"] = {"epoch": best[1], "recall@50": best[0]}
         last = _save_checkpoint(root, epoch, net, opt, popularity, meta)
         if r.keep_checkpoints:
             for old in checkpoints(root)[: -r.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        log.info("epoch %d: loss %.4f, %.0f samples/s, saved %s", epoch, mean_loss,
-                 meta["samples_per_s"], last)
+                if int(old.name) != best[1]:  # early stopping keeps the best epoch too
+                    shutil.rmtree(old, ignore_errors=True)
+        log.info("epoch %d: loss %.4f, %.0f samples/s, %ssaved %s", epoch, mean_loss, meta["samples_per_s"],
+                 "" if valid_recall is None else f"valid Recall@50 {valid_recall:.4f} (best {best[0]:.4f} "
+                 f"at epoch {best[1]}), ", last)
+        if valid_recall is not None and epoch - best[1] >= r.early_stop_patience:
+            log.info("early stop: no better valid Recall@50 for %d epoch(s)", epoch - best[1])
+            break
     net.eval()
+    if valid_users is not None and best[1] >= 0:
+        # The best epoch becomes the latest checkpoint (what evaluate/export load by default).
+        for later in checkpoints(root):
+            if int(later.name) > best[1]:
+                shutil.rmtree(later, ignore_errors=True)
+        last = root / str(best[1])
+        log.info("early stopping: best valid Recall@50 %.4f at epoch %d (%s)", best[0], best[1], last)
     assert last is not None
     return last
+
+
+def _valid_users(settings: Settings) -> Any:
+    from model.data import read_eval
+
+    path = settings.runner.valid_data_dir or settings.runner.test_data_dir
+    users = read_eval(path)
+    if not users:
+        raise ValueError(f"{path}: no validation users for early stopping")
+    return users
+
+
+def valid_recall_at_50(net: Any, users: Any, batch_size: int) -> float:
+    """Recall@50 of the live network on validation users (exact search, as ``evaluate``)."""
+    from model.evaluation import evaluate
+    from model.infer import exact_searcher, make_encoder
+
+    net.eval()
+    r = evaluate(users, make_encoder(net), exact_searcher(net), top_n=50, maxlen=net.cfg.maxlen,
+                 batch_size=batch_size)
+    return float(r["recall@50"])
 
 
 def _net_dict(cfg: Any) -> dict[str, Any]:
@@ -264,7 +311,7 @@ def train_step(
     neg = sampler.draw(n_neg)
     target_log_q = sampler.log_expected_count(batch.target, neg.tries)
     if routing_rng is not None and hasattr(net.tower, "resample"):
-        net.tower.resample(routing_rng)
+        net.tower.resample(routing_rng, len(batch.target))
     loss = net(
         paddle.to_tensor(batch.hist), paddle.to_tensor(batch.length), paddle.to_tensor(batch.target),
         paddle.to_tensor(neg.ids), paddle.to_tensor(neg.log_q), paddle.to_tensor(target_log_q),

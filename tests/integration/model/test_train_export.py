@@ -124,6 +124,8 @@ def test_resume_reproduces_an_uninterrupted_run(data_dir: Path, tmp_path: Path) 
     ["hyper_parameters.model=single_vector", "hyper_parameters.relu_layer=true"],
     ["hyper_parameters.dynamic_k=true", "hyper_parameters.relu_layer=true", "hyper_parameters.pow_p=2"],
     ["hyper_parameters.sparse_embedding=false"],
+    ["hyper_parameters.model=comirec_sa", "hyper_parameters.routing_reg=100", "hyper_parameters.hard_neg_beta=5"],
+    ["hyper_parameters.routing_per_sample=true", "hyper_parameters.routing_reg=100"],
 ])
 def test_options_train_evaluate_export(data_dir: Path, tmp_path: Path, extra: list[str]) -> None:
     s = _settings(data_dir, tmp_path / "ckpt", "runner.epochs=1", "runner.batches_per_epoch=20", *extra)
@@ -143,6 +145,40 @@ def test_options_train_evaluate_export(data_dir: Path, tmp_path: Path, extra: li
     assert n.tolist() == [expected_n]
 
 
+def test_early_stopping_keeps_the_best_epoch(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model.trainer as trainer
+
+    scores = iter([0.30, 0.35, 0.34, 0.33, 0.99])  # best at epoch 1, then two worse epochs
+    seen: list[int] = []
+
+    def fake_recall(net: object, users: list, batch_size: int) -> float:
+        seen.append(len(users))
+        return next(scores)
+
+    monkeypatch.setattr(trainer, "valid_recall_at_50", fake_recall)
+    s = _settings(data_dir, tmp_path / "es", "runner.epochs=5", "runner.batches_per_epoch=5",
+                  "runner.early_stop_patience=2", "runner.keep_checkpoints=1",
+                  f"runner.valid_data_dir={data_dir / 'valid'}")
+    last = train(s)
+    assert len(seen) == 4  # stopped after epoch 3: two epochs without a better Recall@50
+    assert seen[0] == len(read_eval(data_dir / "valid"))
+    assert last.name == "1" and [p.name for p in checkpoints(tmp_path / "es")] == ["1"]
+    meta = json.loads((last / "meta.json").read_text())
+    assert meta["valid_recall@50"] == 0.35 and meta["best"] == {"epoch": 1, "recall@50": 0.35}
+
+
+def test_early_stopping_real_validation_recall(data_dir: Path, tmp_path: Path) -> None:
+    s = _settings(data_dir, tmp_path / "es", "runner.epochs=2", "runner.batches_per_epoch=30",
+                  "runner.early_stop_patience=1")
+    last = train(s)
+    meta = json.loads((last / "meta.json").read_text())
+    # The recorded validation Recall@50 is what evaluate reports for that checkpoint.
+    assert run_evaluate(s, 50, epoch=int(last.name))["recall@50"] == pytest.approx(meta["valid_recall@50"])
+    assert meta["best"]["epoch"] == int(last.name)
+
+
 def _overrides(s: Settings) -> list[str]:
     r, hp = s.runner, s.hyper_parameters
     return [
@@ -152,6 +188,8 @@ def _overrides(s: Settings) -> list[str]:
         f"hyper_parameters.model={hp.model}", f"hyper_parameters.dynamic_k={hp.dynamic_k}",
         f"hyper_parameters.relu_layer={hp.relu_layer}", f"hyper_parameters.pow_p={hp.pow_p}",
         f"hyper_parameters.sparse_embedding={hp.sparse_embedding}",
+        f"hyper_parameters.routing_reg={hp.routing_reg}", f"hyper_parameters.hard_neg_beta={hp.hard_neg_beta}",
+        f"hyper_parameters.routing_per_sample={hp.routing_per_sample}",
     ]
 
 

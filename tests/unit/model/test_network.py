@@ -126,3 +126,104 @@ def test_hidden_size_must_match_without_readout() -> None:
     with pytest.raises(ValueError, match="hidden_size"):
         RecallNetwork(NetConfig(item_count=10, embedding_dim=8, hidden_size=16))
     RecallNetwork(NetConfig(item_count=10, embedding_dim=8, hidden_size=16, relu_layer=True))
+
+
+def test_comirec_sa_padding_changes_nothing_and_attention_is_convex() -> None:
+    net = _net(model="comirec_sa")
+    assert net.cfg.k == K and net.readout == "argmax"
+    rng = np.random.default_rng(0)
+    lengths = np.array([1, 3, 6], dtype=np.int64)
+    short = rng.standard_normal((3, 6, D)).astype("float32")
+    long = rng.standard_normal((3, L, D)).astype("float32") * 100  # garbage in the padded slots
+    for i, n in enumerate(lengths):
+        long[i, :n] = short[i, :n]
+    a, na = _encode(net, short, lengths)
+    b, _ = _encode(net, long, lengths)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert a.shape == (3, K, D) and na.tolist() == [K, K, K]
+    # A one-item history: every interest is that item (softmax over one position).
+    np.testing.assert_allclose(a[0], np.repeat(short[0, :1], K, axis=0), rtol=1e-5, atol=1e-6)
+    # Interests are convex combinations of the history: inside its bounding box.
+    for i, n in enumerate(lengths):
+        lo, hi = short[i, :n].min(0), short[i, :n].max(0)
+        assert (a[i] >= lo - 1e-5).all() and (a[i] <= hi + 1e-5).all()
+    # Position embeddings make the attention order-aware: reversing a history changes the interests.
+    rev = short.copy()
+    rev[2, :6] = short[2, :6][::-1]
+    c, _ = _encode(net, rev, lengths)
+    assert not np.allclose(a[2], c[2], atol=1e-4)
+
+
+def _loss_inputs() -> tuple[paddle.Tensor, ...]:
+    hist = paddle.to_tensor(np.array([[1, 2, 3, 4, 0, 0, 0, 0, 0, 0], [5, 6, 7, 8, 9, 10, 11, 12, 0, 0]]))
+    return (hist, paddle.to_tensor([4, 8]), paddle.to_tensor([20, 21]),
+            paddle.to_tensor(np.array([20, 30, 31, 32])), paddle.zeros([4]), paddle.zeros([2]))
+
+
+@pytest.mark.parametrize("model", ["mind", "comirec_sa", "single_vector"])
+def test_hard_negatives_match_the_reweighted_softmax(model: str) -> None:
+    beta = 3.0
+    plain, hard = _net(model=model), _net(model=model, hard_neg_beta=beta)
+    hard.set_state_dict(plain.state_dict())
+    args = _loss_inputs()
+    with paddle.no_grad():
+        interests, n = plain.encode_ids(args[0], args[1])
+        user = plain.user_vector(interests, n, plain.item_emb(args[2])).numpy()
+        emb = plain.item_emb.weight.numpy()
+        got = float(hard(*args))
+        base = float(plain(*args))
+    pos = (user * emb[[20, 21]]).sum(1)
+    raw = user @ emb[[20, 30, 31, 32]].T  # [2, 4]
+    losses = []
+    for b in range(2):
+        keep = np.array([20, 30, 31, 32]) != [20, 21][b]  # accidental hit removed
+        s = raw[b, keep]
+        w = np.exp(beta * s - np.log(np.exp(beta * s).sum())) * keep.sum()  # mean weight 1
+        losses.append(-pos[b] + np.log(np.exp(pos[b]) + (w * np.exp(s)).sum()))
+    assert got == pytest.approx(float(np.mean(losses)), rel=1e-4)
+    assert got != pytest.approx(base, rel=1e-4)  # the weighting changes the loss
+
+
+def test_routing_variance_penalty() -> None:
+    from model.network import routing_variance_penalty
+
+    w = np.random.default_rng(3).random((2, K, L)).astype("float32")
+    got = float(routing_variance_penalty(paddle.to_tensor(w), 16))
+    diag = ((w - w.mean(-1, keepdims=True)) ** 2).sum(-1) / 16
+    assert got == pytest.approx(float((diag**2).sum()), rel=1e-5)
+    assert float(routing_variance_penalty(paddle.full([2, K, L], 0.1), 16)) < 1e-12  # uniform: no penalty
+
+
+@pytest.mark.parametrize("model", ["mind", "comirec_sa"])
+def test_routing_reg_adds_the_penalty_with_a_gradient(model: str) -> None:
+    plain, reg = _net(model=model), _net(model=model, routing_reg=100.0)
+    reg.set_state_dict(plain.state_dict())
+    plain.train()
+    reg.train()
+    args = _loss_inputs()
+    a, b = plain(*args), reg(*args)
+    assert float(b) > float(a)
+    b.backward()
+    weight = reg.tower.bilinear if model == "mind" else reg.tower.w1.weight
+    assert weight.grad is not None and float(paddle.abs(weight.grad).sum()) > 0
+    # Evaluation mode: no penalty is recorded.
+    reg.eval()
+    with paddle.no_grad():
+        reg.encode_ids(args[0], args[1])
+    assert "routing" not in reg.tower.aux
+
+
+def test_routing_per_sample_draws_logits_per_sample() -> None:
+    net = _net(routing_per_sample=True)
+    net.train()
+    net.tower.resample(np.random.default_rng(0), 3)
+    assert net.tower.train_logits.shape == (3, K, L)
+    same = np.repeat(np.random.default_rng(1).standard_normal((1, L, D)).astype("float32"), 3, axis=0)
+    a, _ = _encode(net, same, np.full(3, L))
+    assert not np.allclose(a[0], a[1], atol=1e-4)  # same history, different routing
+    net.eval()  # evaluation and export use the fixed buffer: identical histories, identical interests
+    b, _ = _encode(net, same, np.full(3, L))
+    np.testing.assert_allclose(b[0], b[1], rtol=1e-6)
+    per_batch = _net(resample_routing=True)
+    per_batch.tower.resample(np.random.default_rng(0), 3)
+    assert per_batch.tower.train_logits.shape == (1, K, L)
