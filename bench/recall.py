@@ -248,7 +248,8 @@ def load_server(s: Settings, export: Path) -> dict[str, Any]:
     store = ItemStore(s.milvus)
     t0 = time.perf_counter()
     try:
-        coll, rows = load_into_store(store, export)
+        coll, _ = load_into_store(store, export)  # (collection, rows written: 0 when kept)
+        rows = store.count(coll)
     finally:
         store.close()
     load_s = time.perf_counter() - t0

@@ -93,8 +93,11 @@ class App:
     def _start_http(self, export_dir: str) -> None:
         import uvicorn
 
-        from worker.http_api import create_app, make_service
+        from worker.http_api import bind_http, create_app, make_service
 
+        # Bound first, here, not by uvicorn in its thread: a port in use is one clear error at once (uvicorn
+        # logged it, ended its thread, and start() waited 30 s for a server that never came, then a traceback)
+        sock = bind_http(self.settings.http.host, self.settings.http.port)
         if self.items is None and (Path(export_dir) / "manifest.json").is_file():
             # HTTP alone: still follow the item topic, so deleted items are never served here either
             from worker.items import start_item_cache
@@ -110,7 +113,7 @@ class App:
         server = uvicorn.Server(
             uvicorn.Config(app, host=self.settings.http.host, port=self.settings.http.port, log_level="warning")
         )
-        self._spawn("http", server.run)
+        self._spawn("http", lambda: server.run(sockets=[sock]))
         deadline = time.monotonic() + 30
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -302,24 +302,63 @@ def store_search(store: Any, collection: str) -> SearchFn:
     return search
 
 
-def load_into_store(store: Any, export_dir: str | Path, set_alias: bool = True, chunk: int = 20000) -> tuple[str, int]:
-    """Fill an export's item vectors into its model version's collection; returns (collection, rows).
+class SearchDeadline(TimeoutError):
+    """A chunked search ran past its deadline: the rest of its chunks were not sent."""
 
-    Only a new or empty collection is filled: once the item stream has updated or deleted rows, a refill
-    from the export would bring deleted items back and revert updates (a restart with --load-items must
-    be safe)."""
+
+def chunked_search(search: SearchFn, chunk: int, deadline: Callable[[], float | None]) -> SearchFn:
+    """``search`` in calls of at most ``chunk`` queries, one after another, checking ``deadline()`` (a
+    ``time.monotonic()`` value, or None for none) before each: one big HTTP batch then never queues a
+    giant search on Milvus (Lite kept working ~90 s after a 4096-query call timed out) and the Kafka
+    path's searches get their turn between the chunks."""
+
+    def search_chunks(queries: np.ndarray, topn: int) -> tuple[np.ndarray, np.ndarray]:
+        parts_ids, parts_scores = [], []
+        for s in range(0, max(len(queries), 1), chunk):
+            end = deadline()
+            if end is not None and time.monotonic() > end:
+                raise SearchDeadline(f"search stopped after {s} of {len(queries)} queries: deadline passed")
+            ids, scores = search(queries[s : s + chunk], topn)
+            parts_ids.append(np.asarray(ids))
+            parts_scores.append(np.asarray(scores))
+        return np.concatenate(parts_ids), np.concatenate(parts_scores)
+
+    return search_chunks
+
+
+def load_into_store(
+    store: Any, export_dir: str | Path, set_alias: bool = True, chunk: int = 20000, *, restore: bool = False
+) -> tuple[str, int]:
+    """Fill an export's item vectors into its model version's collection; returns (collection, rows
+    written).
+
+    By default (``--load-items``, compose's model-init) only a new or empty collection is filled: once the
+    item stream has updated or deleted rows, a refill from the export would bring deleted items back and
+    revert updates (a restart with --load-items must be safe). ``restore`` (``/rec/insert_data``) writes
+    every export row whose id the collection lacks, e.g. after a drop and a streamed upsert re-created it
+    with one row; rows present are kept as they are (streamed updates are not reverted)."""
     items = load_export_items(export_dir)
     coll = store.collection_name(items.model_version)
     exists = coll in store.list_collections()
     coll = store.ensure_collection(items.model_version, items.dim)
-    if not exists or store.count(coll) == 0:
-        now = np.full(chunk, int(time.time() * 1000), dtype=np.int64)
-        for s in range(0, len(items), chunk):
-            ids = items.ids[s : s + chunk]
-            store.upsert(coll, ids, items.vectors[s : s + chunk], now[: ids.size])
+    held = store.count(coll) if exists else 0
+    if held == 0:
+        todo = np.arange(len(items))
+    elif restore:
+        todo = np.flatnonzero(~np.isin(items.ids, store.ids(coll)))
+    else:
+        todo = np.zeros(0, np.int64)
+        log.info("%s already holds %d rows (export: %d): left as it is (only a new or empty collection is filled)",
+                 coll, held, len(items))
+    now = np.full(chunk, int(time.time() * 1000), dtype=np.int64)
+    for s in range(0, todo.size, chunk):
+        rows = todo[s : s + chunk]
+        store.upsert(coll, items.ids[rows], items.vectors[rows], now[: rows.size])
+    if todo.size:
+        log.info("loaded %d item vectors of %d into %s", todo.size, len(items), coll)
     if set_alias:
         store.set_alias(coll)
-    return coll, len(items)
+    return coll, int(todo.size)
 
 
 class PerRequestEngine(RecallEngine):

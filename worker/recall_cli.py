@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 
 from mind_recall.settings import Settings
 
@@ -15,6 +16,14 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.app import App
 
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    if "http" in roles and settings.http.port:
+        from worker.http_api import PortInUse, bind_http
+
+        try:  # before anything loads: a port in use is one line and exit 2 at once
+            bind_http(settings.http.host, settings.http.port).close()
+        except PortInUse as e:
+            print(f"mind-recall: {e}", file=sys.stderr)
+            return 2
     app = App(settings, roles=roles, export_dir=args.export, load_items=args.load_items,
               per_request=args.per_request)
 
@@ -23,7 +32,16 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
             signal.signal(sig, lambda *_: app.stop_roles())
 
     trap()
-    app.start()
+    try:
+        app.start()
+    except OSError as e:  # PortInUse: taken between the check above and the bind; stop what started
+        from worker.http_api import PortInUse
+
+        if not isinstance(e, PortInUse):
+            raise
+        app.stop()
+        print(f"mind-recall: {e}", file=sys.stderr)
+        return 2
     # Importing Paddle (during start) replaces the SIGTERM handler with its own C-level one, which aborts
     # the process ("FatalError: Termination signal") instead of a graceful stop: take it back.
     trap()

@@ -172,7 +172,12 @@ def parse_history(hist: Any, max_hist: int) -> np.ndarray:
 
 
 def check_history(hist: Any, max_hist: int) -> tuple[np.ndarray | None, str | None]:
-    """Public form of :func:`parse_history` for the HTTP API: (ids, None) or (None, message)."""
+    """Public form of :func:`parse_history` for the HTTP API: (ids, None) or (None, message). An id past
+    int64 is named as such first: "must be > 0" for 2^63 sent clients hunting for a sign bug."""
+    if isinstance(hist, list) and len(hist) <= max_hist:
+        for v in hist:
+            if _is_int(v) and v >= 2**63:
+                return None, f"hist_item ids must fit in int64 (< 2^63 = {2**63}), got {v}"
     try:
         return parse_history(hist, max_hist), None
     except _Bad as e:

@@ -443,6 +443,33 @@ class ItemStore:
             with contextlib.suppress(Exception):
                 it.close()
 
+    def ids(self, collection: str, batch: int = 16_384) -> np.ndarray:
+        """Every item id in ``collection`` (no vectors): what ``/rec/insert_data`` checks the export against."""
+
+        def open_it(client: Any) -> Any:
+            self._ensure_loaded(client, collection)
+            return client.query_iterator(collection, batch_size=batch, filter="", output_fields=[ID_FIELD])
+
+        it = self._call("", open_it)
+        parts: list[np.ndarray] = [np.zeros(0, np.int64)]
+        try:
+            while rows := self._call("", lambda _c: it.next()):
+                parts.append(np.fromiter((r[ID_FIELD] for r in rows), np.int64, count=len(rows)))
+        finally:
+            with contextlib.suppress(Exception):
+                it.close()
+        return np.concatenate(parts)
+
+    def resolve(self, name: str) -> str | None:
+        """The collection ``name`` means: itself, the one the alias points to when it is the alias
+        (``/rec/count {"collection": "items"}``), None when neither exists."""
+        if name in self.list_collections():
+            return name
+        if name == self.cfg.alias:
+            live = self.live()
+            return live.collection if live else None
+        return None
+
     def count(self, collection: str | None = None) -> int:
         """Exact row count (``count(*)`` with Strong consistency: the only exact count on a server)."""
         target = self._target(collection)
