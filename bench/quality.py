@@ -1,9 +1,16 @@
 """Model quality per ARCHITECTURE section 8: MIND vs a single-vector model vs most-popular, same data,
 same seeds, same training budget, Recall/NDCG/HitRate@50 with merge as in production (seen items kept).
 
-    .venv/bin/python bench/quality.py                      # both parts, a few minutes on 2 cores
+    .venv/bin/python bench/quality.py --dataset Beauty     # a real dataset (see below)
+    .venv/bin/python bench/quality.py                      # both synthetic/demo parts, a few minutes
     .venv/bin/python bench/quality.py --part synth --synth-batches 1500
     .venv/bin/python bench/quality.py --part amazon --seeds 1,2,3 --amazon-epochs 20
+
+``--dataset NAME``: ``DATA_ROOT/NAME`` written by ``mind-recall data fetch`` (train/, valid/, test/;
+split by user, ComiRec). Every model (``--models``, default mind, comirec_sa, single_vector) trains on
+train/ with early stopping on valid/ Recall@50 (``--max-epochs``, ``--patience``), then the best epoch
+is scored on test/ at 20 and 50; most-popular is scored on test/ too. ``--seeds`` training seeds,
+mean and std. ``--ablation`` adds MIND with each training option switched (one at a time).
 
 (a) ``amazon``: the AmazonBook demo sample (../shared/data/amazonbook-demo), 3 seeds, mean and std,
     plus diagnostics that explain the numbers (how many eval items were ever seen in training,
@@ -124,6 +131,99 @@ def run_amazon(args: argparse.Namespace, work: Path) -> dict:
     return res
 
 
+# Each training option of issue 14, switched against the default config (one at a time).
+ABLATION: dict[str, list[str]] = {
+    "hard_neg_beta=1": ["hyper_parameters.hard_neg_beta=1"],
+    "routing_reg=100": ["hyper_parameters.routing_reg=100"],
+    "routing_per_sample": ["hyper_parameters.routing_per_sample=true"],
+    "bilinear=per_interest": ["hyper_parameters.bilinear=per_interest"],
+    "batch=1024,neg=5000": ["runner.train_batch_size=1024", "hyper_parameters.neg_samples=5000"],
+    "no early stopping (max epochs)": ["runner.early_stop_patience=0"],
+}
+
+
+def _train_test(data: Path, work: Path, name: str, seed: int, overrides: list[str]) -> dict:
+    """Train on train/ (early stopping on valid/), score the kept checkpoint on test/ @20 and @50."""
+    import shutil
+
+    from mind_recall.settings import load
+    from model.infer import evaluate_checkpoint
+    from model.trainer import read_meta, train
+
+    save = work / f"{name.replace('/', '_')}_{seed}"
+    s = load(None, overrides=[
+        f"runner.train_data_dir={data / 'train'}", f"runner.valid_data_dir={data / 'valid'}",
+        f"runner.test_data_dir={data / 'test'}", f"runner.model_save_path={save}", f"runner.seed={seed}",
+        "runner.progress=false", "runner.keep_checkpoints=1", *overrides,
+    ], env={})
+    t0 = time.perf_counter()
+    last = train(s)
+    out: dict[str, Any] = {"train_s": round(time.perf_counter() - t0, 1)}
+    meta = read_meta(last)
+    out["epoch"] = int(meta["epoch"])
+    out["valid_recall@50"] = meta.get("valid_recall@50")
+    for n in (20, 50):
+        r = evaluate_checkpoint(s, n)
+        out.update({f"{m}@{n}": r[f"{m}@{n}"] for m in METRICS})
+        out["users"] = r["users"]
+    shutil.rmtree(save, ignore_errors=True)
+    return out
+
+
+def _agg_keys(runs: list[dict]) -> dict:
+    out: dict[str, Any] = {}
+    for key in runs[0]:
+        vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        if len(vals) != len(runs):
+            continue
+        out[key] = {"mean": round(statistics.fmean(vals), 5),
+                    "std": round(statistics.stdev(vals), 5) if len(vals) > 1 else 0.0,
+                    "runs": [round(v, 5) for v in vals]}
+    return out
+
+
+def run_dataset(args: argparse.Namespace, work: Path) -> dict:
+    from model.data import read_eval, read_train
+    from model.evaluation import most_popular
+
+    data = Path(args.data_root) / args.dataset
+    if not (data / "train").is_dir() or not (data / "test").is_dir():
+        raise SystemExit(f"{data}: not found; convert it first: mind-recall data fetch {args.dataset} --src ... "
+                         f"--out {data}")
+    base = [f"runner.epochs={args.max_epochs}", f"runner.early_stop_patience={args.patience}", *args.override]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    meta_file = data / "meta.json"
+    res: dict[str, Any] = {"data": str(data), "seeds": seeds, "overrides": base,
+                           "meta": json.loads(meta_file.read_text()) if meta_file.exists() else None}
+    seqs, test = read_train(data / "train"), read_eval(data / "test")
+    item_count = 1 + max(int(s.max()) for s in seqs.values())
+    res["most_popular"] = {}
+    for n in (20, 50):
+        r = most_popular(seqs, item_count, n, test)
+        res["most_popular"].update({f"{m}@{n}": r[f"{m}@{n}"] for m in METRICS})
+    variants: dict[str, list[str]] = {m: [f"hyper_parameters.model={m}"] for m in args.models.split(",")}
+    if args.ablation:
+        for name, extra in ABLATION.items():
+            variants[f"mind {name}"] = ["hyper_parameters.model=mind", *extra]
+    for name, extra in variants.items():
+        runs = []
+        for seed in seeds:
+            runs.append(_train_test(data, work, name, seed, [*base, *extra]))
+            print(json.dumps({"dataset": args.dataset, "variant": name, "seed": seed, **runs[-1]}),
+                  file=sys.stderr, flush=True)
+        res[name] = _agg_keys(runs)
+    mp = res["most_popular"]["recall@50"]
+    ratios: dict[str, Any] = {}
+    if "mind" in res:
+        mind = res["mind"]["recall@50"]["mean"]
+        for other in ("single_vector", "comirec_sa"):
+            if other in res:
+                ratios[f"mind/{other}"] = round(mind / res[other]["recall@50"]["mean"], 3)
+        ratios["mind/most_popular"] = round(mind / mp, 3) if mp else None
+    res["ratios_recall@50"] = ratios
+    return res
+
+
 def run_synth(args: argparse.Namespace, work: Path) -> dict:
     from model.synth import write_dataset
 
@@ -178,6 +278,14 @@ def main() -> None:
                    help="a model.synth.SynthParams field, e.g. zipf=0.6 (repeatable)")
     p.add_argument("--synth-train-seeds", default="1,2", help="training seeds for the synthetic part")
     p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--dataset", help="a real dataset under --data-root (converted by mind-recall data fetch)")
+    p.add_argument("--data-root", default=str(Path.home() / ".cache" / "mind-recall" / "data"))
+    p.add_argument("--models", default="mind,comirec_sa,single_vector")
+    p.add_argument("--max-epochs", type=int, default=30)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--ablation", action="store_true", help="also MIND with each training option switched")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every trained model (--dataset mode)")
     args = p.parse_args()
 
     warnings.filterwarnings("ignore")
@@ -185,9 +293,11 @@ def main() -> None:
     t0 = time.perf_counter()
     result: dict[str, Any] = {"bench": "quality", "config": vars(args)}
     with tempfile.TemporaryDirectory(prefix="mind-quality-") as tmp:
-        if args.part in ("all", "amazon"):
+        if args.dataset:
+            result[args.dataset] = run_dataset(args, Path(tmp))
+        elif args.part in ("all", "amazon"):
             result["amazon"] = run_amazon(args, Path(tmp))
-        if args.part in ("all", "synth"):
+        if not args.dataset and args.part in ("all", "synth"):
             result["synth"] = run_synth(args, Path(tmp))
     result["total_s"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=1)

@@ -110,6 +110,7 @@ class HyperParameters:
     hard_neg_beta: float = _non_negative(0.0)  # REMI hard negatives: weight exp(beta * score); 0: off
     routing_reg: float = _non_negative(0.0)  # REMI routing variance penalty lambda; 0: off
     readout: str = _one_of("auto", ("auto", "attention", "argmax"))  # training readout over interests
+    bilinear: str = _one_of("shared", ("shared", "per_interest"))  # MIND: one S, or one S_k per interest
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class NetConfig:
     routing_per_sample: bool = False  # MIND: fresh random routing logits per training sample
     hard_neg_beta: float = 0.0  # REMI interest-aware hard negatives (0: off)
     routing_reg: float = 0.0  # REMI routing/attention variance penalty lambda (0: off)
+    bilinear: str = "shared"  # MIND: one map S for all interests | per_interest: S_k (ComiRec-DR style)
     readout: str = "auto"  # training readout: attention (label-aware, pow_p) | argmax (ComiRec) | auto
 
     @classmethod
@@ -50,6 +51,7 @@ class NetConfig:
             dynamic_k=hp.dynamic_k, relu_layer=hp.relu_layer, resample_routing=hp.resample_routing,
             sparse_embedding=hp.sparse_embedding, routing_per_sample=hp.routing_per_sample,
             hard_neg_beta=hp.hard_neg_beta, routing_reg=hp.routing_reg, readout=hp.readout,
+            bilinear=hp.bilinear,
         )
 
     @property
@@ -59,6 +61,8 @@ class NetConfig:
     def validate(self) -> None:
         if self.model not in ("mind", "comirec_sa", "single_vector"):
             raise ValueError(f"hyper_parameters.model: expected mind|comirec_sa|single_vector, got {self.model!r}")
+        if self.bilinear not in ("shared", "per_interest"):
+            raise ValueError(f"hyper_parameters.bilinear: expected shared|per_interest, got {self.bilinear!r}")
         if self.readout not in ("auto", "attention", "argmax"):
             raise ValueError(f"hyper_parameters.readout: expected auto|attention|argmax, got {self.readout!r}")
         if self.item_count < 2:
@@ -90,14 +94,17 @@ def interest_count(lengths: paddle.Tensor, k_max: int) -> paddle.Tensor:
 
 
 class CapsuleTower(nn.Layer):
-    """B2I dynamic routing (MIND): one shared bilinear map S, fixed random routing logits, squash."""
+    """B2I dynamic routing (MIND): one shared bilinear map S (or one per interest, ``bilinear=per_interest``,
+    as ComiRec-DR), fixed random routing logits, squash."""
 
     def __init__(self, cfg: NetConfig, routing_seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         d, h, k, length = cfg.embedding_dim, cfg.hidden_size, cfg.capsual_max_k, cfg.maxlen
+        self.per_interest = cfg.bilinear == "per_interest"
         self.bilinear = self.create_parameter(
-            [d, h], default_initializer=nn.initializer.Normal(std=1.0 / np.sqrt(d))
+            [k, d, h] if self.per_interest else [d, h],
+            default_initializer=nn.initializer.Normal(std=1.0 / np.sqrt(d)),
         )
         # Routing logits are drawn once and never trained (MIND §3.2); a persistable buffer so the
         # checkpoint and the export carry the very same values.
@@ -130,7 +137,11 @@ class CapsuleTower(nn.Layer):
         lengths = lengths.astype("int64")
         pos = paddle.arange(seq_len, dtype="int64").unsqueeze(0)  # [1, L]
         valid = (pos < lengths.unsqueeze(1)).astype("float32")  # [B, L]
-        low = paddle.matmul(hist, self.bilinear) * valid.unsqueeze(-1)  # [B, L, H]; padding -> 0
+        if self.per_interest:
+            # [B, 1, L, D] @ [1, K, D, H] -> [B, K, L, H]: behaviour l as seen by interest k.
+            low = paddle.matmul(hist.unsqueeze(1), self.bilinear.unsqueeze(0)) * valid.unsqueeze(1).unsqueeze(-1)
+        else:
+            low = paddle.matmul(hist, self.bilinear) * valid.unsqueeze(-1)  # [B, L, H]; padding -> 0
         # Routing iterations do not backpropagate (as in MIND/PaddleRec), unless routing_reg needs
         # a gradient through the routing weights.
         reg = self.training and self.cfg.routing_reg > 0
@@ -147,13 +158,23 @@ class CapsuleTower(nn.Layer):
             # Softmax over the K interests for each behaviour, then zero the padded behaviours.
             return F.softmax(logits, axis=1) * mask
 
+        def pool(w: paddle.Tensor, x: paddle.Tensor) -> paddle.Tensor:  # [B, K, L] x low -> [B, K, H]
+            if self.per_interest:
+                return paddle.sum(w.unsqueeze(-1) * x, axis=2)
+            return paddle.matmul(w, x)
+
+        def agree(caps: paddle.Tensor, x: paddle.Tensor) -> paddle.Tensor:  # <c_k, low_kl> [B, K, L]
+            if self.per_interest:
+                return paddle.sum(caps.unsqueeze(2) * x, axis=-1)
+            return paddle.matmul(caps, x, transpose_y=True)
+
         for _ in range(self.cfg.capsual_iters - 1):
-            caps = squash(paddle.matmul(weights(b), low_fixed))  # [B, K, H]
-            b = b + paddle.matmul(caps, low_fixed, transpose_y=True)  # [B, K, L]
+            caps = squash(pool(weights(b), low_fixed))  # [B, K, H]
+            b = b + agree(caps, low_fixed)  # [B, K, L]
         w = weights(b if reg else b.detach())
         if reg:
             self.aux["routing"] = w
-        interests = squash(paddle.matmul(w, low))  # [B, K, H]
+        interests = squash(pool(w, low))  # [B, K, H]
         if self.readout is not None:
             interests = F.relu(self.readout(interests))
 

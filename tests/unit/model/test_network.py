@@ -28,7 +28,8 @@ def _encode(net: RecallNetwork, hist: np.ndarray, lengths: np.ndarray) -> tuple[
     return out.numpy(), n.numpy()
 
 
-@pytest.mark.parametrize("kw", [{}, {"dynamic_k": True}, {"relu_layer": True}, {"model": "single_vector"}])
+@pytest.mark.parametrize("kw", [{}, {"dynamic_k": True}, {"relu_layer": True}, {"model": "single_vector"},
+                                {"bilinear": "per_interest"}])
 def test_padding_changes_nothing(kw: dict) -> None:
     net = _net(**kw)
     rng = np.random.default_rng(0)
