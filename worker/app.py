@@ -18,6 +18,7 @@ from typing import Any
 
 from mind_recall.settings import Settings
 from worker import metrics as metrics_mod
+from worker.outage import EXIT_OUTAGE, OutageError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class App:
     _threads: list[threading.Thread] = field(default_factory=list)
     _stoppers: list[Callable[[], None]] = field(default_factory=list)
     _closers: list[Callable[[], None]] = field(default_factory=list)
+    _followers: list[Any] = field(default_factory=list)  # item followers: one that stops fatally stops the App
     recall_worker: Any = None
     items: Any = None  # the live item cache, shared with the HTTP API when both roles run here
     item_writer: Any = None
@@ -71,6 +73,7 @@ class App:
             )
             if follower is not None:
                 self._closers.append(follower.stop)
+                self._followers.append(follower)
             self.items = engine.items
             if self.per_request:
                 from worker.recall import PerRequestEngine
@@ -104,6 +107,7 @@ class App:
 
             self.items, follower = start_item_cache(self.settings, export_dir, self.metrics)
             self._closers.append(follower.stop)
+            self._followers.append(follower)
 
         service = make_service(
             self.settings, store=self.store, metrics=self.metrics, export_dir=export_dir, items=self.items,
@@ -125,14 +129,12 @@ class App:
 
     def _spawn(self, name: str, target: Callable[[], Any]) -> None:
         def run() -> None:
-            from worker.recall_worker import OutageError
-
             try:
                 code = target()
                 if isinstance(code, int) and code != 0:
                     self._fail(f"{name} exited with code {code}", code)
             except OutageError as e:  # past worker.outage_limit_s: exit for the orchestrator, nothing lost
-                self._fail(f"{name}: {e}", 3)
+                self._fail(f"{name}: {e}", EXIT_OUTAGE)
             except Exception as e:  # a role that dies must be visible, not silent
                 log.exception("%s failed", name)
                 self._fail(f"{name}: {type(e).__name__}: {e}", 1)
@@ -147,7 +149,13 @@ class App:
         self.exit_code = self.exit_code or code
 
     def alive(self) -> bool:
-        return all(t.is_alive() for t in self._threads)
+        for f in self._followers:
+            if f.fatal is not None:  # the live item cache stopped following: serving on would serve stale items
+                self._followers.remove(f)
+                code = EXIT_OUTAGE if isinstance(f.fatal, OutageError) else 1
+                self._fail(f"item follower: {type(f.fatal).__name__}: {f.fatal}", code)
+                return False
+        return all(t.is_alive() for t in self._threads) and not self.errors
 
     def wait(self, max_seconds: float | None = None) -> None:
         """Block until a role stops (a crash, or stop() from a signal) or ``max_seconds`` pass."""

@@ -41,18 +41,14 @@ from mind_recall.settings import Settings
 from worker import kafka_io
 from worker.items import ItemEvent, decode_item_event, now_ms, reason_code
 from worker.metrics import Metrics
+from worker.outage import EXIT_OUTAGE, Outage, OutageError
 from worker.store import ItemStore, LiveCollection, SchemaMismatch, StoreError
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
-EXIT_OUTAGE = 3
 DLQ_ROLE = "item_embeddings"
-
-
-class OutageLimit(RuntimeError):
-    """Milvus stayed unavailable longer than worker.outage_limit_s."""
 
 
 @dataclass
@@ -116,7 +112,7 @@ def plan_batch(pending: Pending, routes: dict[str, LiveCollection]) -> Plan:
             plan.dead.append(
                 kafka_io.DeadLetter.of(
                     record,
-                    "ItemEventError",
+                    "wrong_model_version",
                     f"wrong_model_version: {ev.model_version!r} has no collection (known: {known})"[:500],
                 )
             )
@@ -125,7 +121,7 @@ def plan_batch(pending: Pending, routes: dict[str, LiveCollection]) -> Plan:
             plan.dead.append(
                 kafka_io.DeadLetter.of(
                     record,
-                    "ItemEventError",
+                    "wrong_dim",
                     f"wrong_dim: {ev.vector.shape[0]} values, {route.collection} needs {route.dim}",
                 )
             )
@@ -194,7 +190,7 @@ class ItemWriter:
             if self.pending:
                 self._flush(consumer, producer)
             return EXIT_OK
-        except OutageLimit as e:
+        except OutageError as e:
             log.error("%s; exiting without committing the pending batch (%d records)", e, len(self.pending))
             return EXIT_OUTAGE
         except SchemaMismatch as e:
@@ -248,37 +244,28 @@ class ItemWriter:
         self.pending = Pending()
 
     # -- Kafka outages (the broker went away between poll and commit) --------------------------------
-    def _kafka_down(self, consumer: Any, start: float | None, attempt: int, what: str, e: Exception) -> float:
-        """Pause and wait one backoff step; raise OutageLimit past worker.outage_limit_s. Returns ``start``."""
-        w = self.s.worker
-        now = time.monotonic()
-        if start is None:
-            start = now
-            log.warning("kafka unavailable (%s), pausing partitions and retrying: %s", what, e)
-        down = now - start
-        if down > w.outage_limit_s:
-            raise OutageLimit(f"kafka unavailable for {down:.1f}s > worker.outage_limit_s={w.outage_limit_s}") from e
+    def _kafka_down(self, consumer: Any, outage: Outage, what: str, e: Exception) -> None:
+        """Pause and wait one backoff step (worker/outage.py: OutageError past the limit, a bug at once)."""
         self._pause(consumer)
-        cap = max(w.retry_backoff_s, min(30.0, w.outage_limit_s / 4))
-        self._wait_polling(
-            consumer, min(w.retry_backoff_s * 2**attempt, cap, w.outage_limit_s - down + 0.05), keep=False
-        )
-        return start
+        self._wait_polling(consumer, outage.failed(e, f"kafka ({what})"), keep=False)
 
     def _dead_letters_with_retry(self, consumer: Any, producer: Any, dead: list[kafka_io.DeadLetter]) -> None:
-        """Every dead letter acknowledged before the commit: a failed send is re-sent, never skipped."""
-        start: float | None = None
-        attempt = 0
+        """Every dead letter acknowledged before the commit: a failed send is re-sent, never skipped. One the
+        broker refuses for its size is cut to its prefix (DeadLetter.fit): a poison record never blocks."""
+        outage = self._outage("kafka (dead letters)")
+        limit = self.s.worker.dlq_max_bytes
         while dead:
-            sent = [(d, kafka_io.send_dead_letter(producer, self.s.topics.dlq, d)) for d in dead]
+            sent = [(d, kafka_io.send_dead_letter(producer, self.s.topics.dlq, d, limit)) for d in dead]
             producer.flush()  # bounded by the producer's delivery_timeout_ms
-            dead = [d for d, f in sent if not f.succeeded()]
-            if dead:
-                err = next(f.exception for _, f in sent if not f.succeeded()) or kafka_io.KafkaError("not delivered")
-                start = self._kafka_down(consumer, start, attempt, "dead letters", err)
-                attempt += 1
-        if start is not None:
-            log.info("kafka is back after %.1fs; dead letters sent", time.monotonic() - start)
+            failed = [(d, f) for d, f in sent if not f.succeeded()]
+            dead = [d.fit(0) if f.permanent() else d for d, f in failed]
+            transient = [f.exception for _, f in failed if not f.permanent()]
+            if transient:
+                self._kafka_down(consumer, outage, "dead letters", transient[0] or kafka_io.KafkaError("not delivered"))
+        outage.ok()
+
+    def _outage(self, what: str) -> Outage:
+        return Outage(self.s.worker.outage_limit_s, self.s.worker.retry_backoff_s, what)
 
     def _commit_with_retry(self, consumer: Any) -> bool:
         """Commit what was written; False if the group moved on (the new owner re-reads: writes are idempotent).
@@ -286,14 +273,13 @@ class ItemWriter:
         Only offsets of records already in Milvus are committed, and only for partitions still assigned.
         """
         written = self.pending.next_offsets()
-        start: float | None = None
-        attempt = 0
+        outage = self._outage("kafka (commit)")
         while True:
             owned = consumer.assignment()
             offsets = {tp: off for tp, off in written.items() if tp in owned}
             if not offsets:  # revoked (or lost: broker away past the session timeout): nothing of ours
-                if start is not None and self._unreachable_since is None:
-                    self._unreachable_since = start  # the outage goes on counting in _probe_broker
+                if outage.started is not None and self._unreachable_since is None:
+                    self._unreachable_since = outage.started  # the outage goes on counting in _probe_broker
                 self._resume(consumer)
                 return False
             try:
@@ -303,51 +289,31 @@ class ItemWriter:
                 self._resume(consumer)
                 return False
             except kafka_io.KafkaError as e:
-                start = self._kafka_down(consumer, start, attempt, "commit", e)
-                attempt += 1
+                self._kafka_down(consumer, outage, "commit", e)
                 continue
-            if start is not None:
-                log.info("kafka is back after %.1fs; committed", time.monotonic() - start)
+            outage.ok()
             self._resume(consumer)
             return True
 
     # -- write with retry -------------------------------------------------------------------------
     def _write_with_retry(self, consumer: Any) -> Plan | None:
-        w = self.s.worker
-        outage_start: float | None = None
-        attempt = 0
+        """Write the batch to Milvus, waiting out an outage (worker/outage.py) with the partitions paused."""
+        outage = self._outage("milvus")
         while True:
             if not self.pending:
                 self._resume(consumer)
                 return None
             try:
                 plan = self._write(self.pending)
-                if outage_start is not None:
-                    log.info(
-                        "milvus is back after %.1fs; %d records written",
-                        time.monotonic() - outage_start,
-                        len(self.pending),
-                    )
-                self._resume(consumer)
-                return plan
-            except SchemaMismatch:
-                raise
             except StoreError as e:
                 self.routes = {}  # re-learn them when Milvus answers again (a collection may be gone)
-                now = time.monotonic()
-                if outage_start is None:
-                    outage_start = now
-                    log.warning("milvus unavailable, pausing partitions and retrying: %s", e)
-                down = now - outage_start
-                if down > w.outage_limit_s:
-                    raise OutageLimit(
-                        f"milvus unavailable for {down:.1f}s > worker.outage_limit_s={w.outage_limit_s}"
-                    ) from e
+                delay = outage.failed(e)  # SchemaMismatch and bugs raise here, OutageError past the limit
                 self._pause(consumer)
-                cap = max(w.retry_backoff_s, min(30.0, w.outage_limit_s / 4))
-                delay = min(w.retry_backoff_s * 2**attempt, cap, max(0.0, w.outage_limit_s - down) + 0.05)
-                attempt += 1
                 self._wait_polling(consumer, delay)
+                continue
+            outage.ok()
+            self._resume(consumer)
+            return plan
 
     def _wait_polling(self, consumer: Any, delay_s: float, keep: bool = True) -> None:
         """Sleep by polling the paused consumer: heartbeats and rebalances go on.
@@ -357,6 +323,7 @@ class ItemWriter:
         """
         end = time.monotonic() + delay_s
         while True:
+            self._update_lag(consumer)  # a writer stuck retrying shows in consumer_lag
             left = end - time.monotonic()
             if left <= 0:
                 return
@@ -462,7 +429,25 @@ class ItemWriter:
             log.warning("kafka unavailable: no partitions assigned and no metadata from the broker; waiting")
         down, limit = now - self._unreachable_since, self.s.worker.outage_limit_s
         if down > limit:
-            raise OutageLimit(f"kafka unavailable for {down:.1f}s > worker.outage_limit_s={limit}")
+            raise OutageError(f"kafka (metadata) failing for {down:.0f}s > worker.outage_limit_s={limit:g}")
+
+    def _update_lag(self, consumer: Any) -> None:
+        """consumer_lag: records not yet read + read but not committed (so a stuck writer's lag grows)."""
+        now = time.monotonic()
+        if now - self._last_lag < 5.0:
+            return
+        self._last_lag = now
+        parts = consumer.assignment()
+        if parts:
+            # the end offsets of the last fetch responses (no broker call, so no error while it is away):
+            # asking the broker (ListOffsets) queued behind the long-poll fetches and stalled the loop
+            # ~2 s every 5 s
+            lag = 0
+            for tp in parts:
+                end, pos = consumer.highwater(tp), consumer.position(tp)
+                if end is not None and pos is not None:
+                    lag += max(0, end - pos)
+            self.metrics.consumer_lag.labels(topic=DLQ_ROLE).set(lag + len(self.pending))
 
     def _pause(self, consumer: Any) -> None:
         if not self.paused:
@@ -480,19 +465,7 @@ class ItemWriter:
             self._last_probe = now
             if not consumer.assignment():
                 self._probe_broker(consumer, now)
-        if now - self._last_lag >= 5.0:
-            self._last_lag = now
-            parts = consumer.assignment()
-            if parts:
-                # the end offsets of the last fetch responses (no broker call, so no error while it is away):
-                # asking the broker (ListOffsets) queued behind the long-poll fetches and stalled the loop
-                # ~2 s every 5 s
-                lag = 0
-                for tp in parts:
-                    end, pos = consumer.highwater(tp), consumer.position(tp)
-                    if end is not None and pos is not None:
-                        lag += max(0, end - pos)
-                self.metrics.consumer_lag.labels(topic=DLQ_ROLE).set(lag + len(self.pending))
+        self._update_lag(consumer)
         if now - self._last_rows >= 10.0 and not self.pending:
             self._last_rows = now
             try:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from worker.kafka_io import DeadLetter
+from worker.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,10 @@ def _decode(record: Any, dim: int | None, max_record_bytes: int | None) -> ItemE
     if "item_id" not in body:
         raise _Reject("missing_field", "item_id is missing")
     item_id = _int_id(body["item_id"], "item_id")
+    if record.key is not None and record.key != str(item_id).encode():
+        # the topic is compacted by key: a key other than the item id would keep the wrong event per item
+        # and a tombstone of the item id would not delete it
+        raise _Reject("key_mismatch", f"record key {record.key[:40]!r} is not the item_id {item_id}")
     ts = body.get("ts", getattr(record, "timestamp", 0) or 0)
     if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
         raise _Reject("wrong_type", "ts must be a non-negative integer (epoch ms)")
@@ -183,10 +188,10 @@ def decode_item_event(
     """
     try:
         return _decode(record, dim, max_record_bytes)
-    except _Reject as e:
-        return DeadLetter.of(record, "ItemEventError", str(e))
+    except _Reject as e:  # error_class is the reason code, as on the other DLQs
+        return DeadLetter.of(record, e.reason, str(e))
     except Exception as e:
-        return DeadLetter.of(record, type(e).__name__, f"other: {e}"[:500])
+        return DeadLetter.of(record, "other", f"other: {type(e).__name__}: {e}"[:500])
 
 
 def reason_code(dead: DeadLetter) -> str:
@@ -374,7 +379,8 @@ class ItemFollower:
         self.caught_up = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="item-follower", daemon=True)
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # the last transient error (cleared once reading again)
+        self.fatal: BaseException | None = None  # a bug or an outage past the limit: the follower stopped
 
     def start(self) -> ItemFollower:
         self._thread.start()
@@ -388,14 +394,16 @@ class ItemFollower:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        """Follow the topic until stopped; any failure (broker gone, a bug) is logged and retried with
-        backoff from the last applied offsets, so the cache never silently freezes."""
+        """Follow the topic until stopped. A Kafka outage is waited out with backoff from the last applied
+        offsets (worker/outage.py), so the cache never silently freezes; a bug, or an outage past
+        worker.outage_limit_s, stops the follower with ``fatal`` set (the App then exits: a cache that no
+        longer follows deletes must not go on serving)."""
         from worker import kafka_io
 
         s = self.settings
         topic = s.topics.item_embeddings
         positions: dict[Any, int] = {}  # next offset per partition, kept across reconnects
-        backoff = s.worker.retry_backoff_s
+        outage = Outage(s.worker.outage_limit_s, s.worker.retry_backoff_s, "item follower (kafka)")
         while not self._stop.is_set():
             consumer = None
             try:
@@ -416,12 +424,18 @@ class ItemFollower:
                         log.info("item cache caught up: %d items", len(self.cache))
                     if self.metrics is not None:
                         self.metrics.item_cache_items.set(len(self.cache))
-                    self.error, backoff = None, s.worker.retry_backoff_s
+                    if self.error is not None:
+                        self.error = None
+                        outage.ok()
             except Exception as e:
                 self.error = e
-                log.warning("item follower: %s: %s; retrying in %.1f s", type(e).__name__, e, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                try:
+                    delay = outage.failed(e)
+                except BaseException as fatal:  # a bug, or past the outage limit
+                    self.fatal = fatal
+                    log.error("item follower stopped: %s: %s", type(fatal).__name__, fatal, exc_info=fatal)
+                    return
+                self._stop.wait(delay)
             finally:
                 if consumer is not None:
                     consumer.close()

@@ -13,6 +13,8 @@ Dead letters keep the original bytes and carry the reason in headers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -60,6 +62,7 @@ __all__ = [
     "DeadLetter",
     "GroupConsumer",
     "KafkaError",
+    "PermanentKafkaError",
     "Producer",
     "Record",
     "TopicPartition",
@@ -75,6 +78,31 @@ __all__ = [
 
 # A header value is bytes; keep each bounded so one bad record cannot bloat the DLQ.
 _MAX_REASON = 1000
+# What a dead letter keeps of a record too large for the DLQ (the broker refused it, or over the limit)
+DLQ_PREFIX_BYTES = 1024
+
+
+class PermanentKafkaError(KafkaError):
+    """The broker refused a record for what it is (too large, invalid): sending it again cannot succeed,
+    so it is not an outage (worker/outage.py); the caller dead-letters or truncates it instead."""
+
+
+# librdkafka error codes that no retry can fix (the record itself is refused)
+_PERMANENT_CODES = frozenset(
+    {
+        confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
+        confluent_kafka.KafkaError.RECORD_LIST_TOO_LARGE,
+        confluent_kafka.KafkaError.INVALID_RECORD,
+        confluent_kafka.KafkaError.INVALID_MSG,
+        confluent_kafka.KafkaError.INVALID_MSG_SIZE,
+    }
+)
+
+
+def _delivery_error(err: Any) -> KafkaError:
+    code = err.code() if isinstance(err, confluent_kafka.KafkaError) else None
+    cls = PermanentKafkaError if code in _PERMANENT_CODES else KafkaError
+    return cls(f"delivery failed: {err}")
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
@@ -148,7 +176,7 @@ class Delivery:
     def _report(self, err: Any, _msg: Any) -> None:
         self._done = True
         if err is not None:
-            self._err = KafkaError(f"delivery failed: {err}")
+            self._err = _delivery_error(err)
 
     @property
     def exception(self) -> Exception | None:
@@ -159,6 +187,10 @@ class Delivery:
 
     def failed(self) -> bool:
         return self._done and self._err is not None
+
+    def permanent(self) -> bool:
+        """Failed for what the record is (too large, invalid): a retry cannot succeed."""
+        return isinstance(self.exception, PermanentKafkaError)
 
 
 class Producer:
@@ -184,6 +216,9 @@ class Producer:
                 break
             except BufferError:  # local queue full (broker slow or down): serve reports, wait for room
                 self._p.poll(0.05)
+            except confluent_kafka.KafkaException as e:  # refused before sending (e.g. over message.max.bytes)
+                d._report(e.args[0] if e.args else e, None)
+                break
         self._p.poll(0)  # serve delivery reports of earlier sends
         return d
 
@@ -552,6 +587,8 @@ class DeadLetter:
             value = b""  # Kafka refuses a record with neither key nor value; the header keeps the truth
         return cls(record.topic, record.partition, record.offset, record.key, value, error_class, reason)
 
+    truncated: tuple[tuple[str, bytes], ...] = ()  # headers saying what was cut (see ``fit``)
+
     def headers(self) -> list[tuple[str, bytes]]:
         null = [("original_value", b"null")] if self.value == b"" and self.key is None else []
         return [
@@ -561,11 +598,33 @@ class DeadLetter:
             ("source_offset", str(self.offset).encode()),
             ("error_class", self.error_class.encode()),
             ("reason", self.reason[:_MAX_REASON].encode("utf-8", "replace")),
+            *self.truncated,
         ]
 
+    def size(self) -> int:
+        """Bytes of key + value + headers: what the broker's record size limit counts (less framing)."""
+        return len(self.key or b"") + len(self.value or b"") + sum(len(k) + len(v) for k, v in self.headers())
 
-def send_dead_letter(producer: Producer, dlq_topic: str, dead: DeadLetter) -> Delivery:
-    """Queue one dead letter; the caller flushes before committing the source offset."""
+    def fit(self, max_bytes: int) -> DeadLetter:
+        """This dead letter, or (when over ``max_bytes``) a copy that keeps the first DLQ_PREFIX_BYTES of
+        the value and of the key, with the original sizes and SHA-256 in headers. A poison record as large
+        as the broker allows must still reach the DLQ: with its headers the full copy would not fit."""
+        if self.size() <= max_bytes:
+            return self
+        meta: list[tuple[str, bytes]] = [("truncated", b"true")]
+        for name, raw in (("value", self.value), ("key", self.key)):
+            if raw is not None:
+                meta += [(f"original_{name}_size", str(len(raw)).encode()),
+                         (f"original_{name}_sha256", hashlib.sha256(raw).hexdigest().encode())]
+        key = None if self.key is None else self.key[:DLQ_PREFIX_BYTES]
+        value = None if self.value is None else self.value[:DLQ_PREFIX_BYTES]
+        return dataclasses.replace(self, key=key, value=value, truncated=tuple(meta))
+
+
+def send_dead_letter(producer: Producer, dlq_topic: str, dead: DeadLetter, max_bytes: int) -> Delivery:
+    """Queue one dead letter (cut to ``max_bytes``, see DeadLetter.fit); the caller flushes before
+    committing the source offset."""
+    dead = dead.fit(max_bytes)
     return producer.send(dlq_topic, key=dead.key, value=dead.value, headers=dead.headers())
 
 

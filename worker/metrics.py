@@ -35,7 +35,7 @@ STAGES = ("decode", "history", "encode", "search", "merge", "publish", "commit")
 OUTCOMES = ("ok", "cold_start", "error", "dead_letter")
 DLQ_REASONS = (
     "not_json", "missing_field", "wrong_type", "bad_id", "wrong_dim", "not_finite", "wrong_model_version",
-    "oversized", "bad_top_k", "bad_history", "other",
+    "oversized", "bad_top_k", "bad_history", "key_mismatch", "undeliverable", "other",
 )
 MILVUS_OPS = ("upsert", "delete", "search", "get", "count")
 

@@ -30,6 +30,7 @@ from mind_recall.settings import Settings
 from worker import kafka_io
 from worker.history import HistoryState, restore
 from worker.kafka_io import DeadLetter, TopicPartition
+from worker.outage import Stopped, retry
 from worker.recall import Encoded, Query, Recall, RecallEngine
 from worker.requests import (
     Limits,
@@ -44,14 +45,6 @@ from worker.requests import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class _Stopped(Exception):
-    """stop() was called while a step was being retried: leave without committing (at-least-once)."""
-
-
-class OutageError(RuntimeError):
-    """Kafka or Milvus stayed unavailable past worker.outage_limit_s: exit for the orchestrator to restart."""
 
 
 @dataclass
@@ -109,6 +102,7 @@ class RecallWorker:
         self._encode_pool: ThreadPoolExecutor | None = None  # worker.overlap_encode
         self.ready = threading.Event()  # set once partitions are assigned and restored
         self.batches = 0
+        self._loop_thread: threading.Thread | None = None  # the thread in run(): the only one using the consumer
         t = settings.topics
         self.topics = (t.clicks, t.recall_requests)
         self.consumer: Any = None
@@ -202,6 +196,7 @@ class RecallWorker:
         self._assigned -= set(revoked)
         revoked_set = set(revoked)
         self._to_commit = {tp: off for tp, off in self._to_commit.items() if tp not in revoked_set}
+        self._positions = {tp: off for tp, off in self._positions.items() if tp not in revoked_set}
         log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
     def _on_lost(self, lost: list[TopicPartition]) -> None:
@@ -288,7 +283,9 @@ class RecallWorker:
 
     # -- loop ------------------------------------------------------------------------------------
     def run(self, max_seconds: float | None = None) -> None:
-        """Serve until stop() (or max_seconds); raises OutageError after a long outage."""
+        """Serve until stop() (or max_seconds); raises OutageError after a long outage (worker/outage.py)
+        and lets a bug's exception through."""
+        self._loop_thread = threading.current_thread()
         if self.consumer is None:
             self.open()
         self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="recall-engine")
@@ -310,7 +307,7 @@ class RecallWorker:
                 self._commit()
                 self._update_lag()
             self._drain()  # a clean stop publishes and commits what is in flight
-        except _Stopped as e:
+        except Stopped as e:
             log.info("stopped while retrying %s; the uncommitted batches will be redelivered", e)
         finally:
             self.stop_event.set()  # an engine call still retrying gives up at once
@@ -467,6 +464,9 @@ class RecallWorker:
         """Wait for the batch's results, produce changelog + results + errors + dead letters, flush, and
         only then queue its offsets for commit (the engine call's exceptions surface here)."""
         m, t = self.metrics, self.s.topics
+        while b.results is not None and not b.results.done():  # an engine call waiting out an outage:
+            wait([b.results], timeout=1.0)  # keep consumer_lag current meanwhile (a stuck consumer shows)
+            self._update_lag()
         results = b.results.result() if b.results is not None else []
         t1 = time.perf_counter()
         version = self.engine.model_version
@@ -491,6 +491,7 @@ class RecallWorker:
             )
             sends.append((t.recall_results, user_key(a.user_id), value, None, None))
         for _, d in b.dead:
+            d = d.fit(self.s.worker.dlq_max_bytes)
             sends.append((t.dlq, d.key, d.value, None, d.headers()))
         self._retry(lambda: self._send_all(sends), "publish")
         self._stage("publish", t1)
@@ -556,24 +557,45 @@ class RecallWorker:
             # retry from the first failure on, in order: re-sending only the failed ones could put a
             # user's older result or changelog entry after a newer one
             first = futures[failed[0]][1]
+            for n in failed:  # a record the broker refuses for what it is goes on as a (cut) dead letter
+                if futures[n][1].permanent():
+                    sends[n] = self._undeliverable(sends[n], str(futures[n][1].exception))
             del sends[: failed[0]]
             raise kafka_io.KafkaError(f"{len(failed)} of {len(futures)} sends failed: {first.exception}")
 
+    def _undeliverable(self, send: tuple[str, bytes | None, bytes | None, int | None, Any], why: str) -> tuple[
+        str, bytes | None, bytes | None, int | None, Any
+    ]:
+        """The DLQ record that replaces a send the broker refused (too large, invalid): sent again as it is
+        it would block the partition forever. A dead letter that was refused is cut to its prefix."""
+        topic, key, value, _partition, headers = send
+        if topic == self.s.topics.dlq:  # already a dead letter: keep its headers, cut key and value
+            cut = DeadLetter(topic, -1, -1, key, value, "", "").fit(0)
+            headers = list(headers or [])
+            if not any(name == "truncated" for name, _ in headers):  # else they describe the original already
+                headers += list(cut.truncated)
+            return (topic, cut.key, cut.value, None, headers)
+        d = DeadLetter(topic, -1, -1, key, value, "undeliverable", f"undeliverable: {why}")
+        d = d.fit(self.s.worker.dlq_max_bytes)
+        log.error("a %s record (%d bytes) was refused by the broker (%s); sent to the DLQ instead",
+                  topic, len(value or b""), why)
+        return (self.s.topics.dlq, d.key, d.value, None, d.headers())
+
     def _retry(self, fn: Callable[[], T], what: str) -> T:
-        """Retry with backoff while the outage lasts less than worker.outage_limit_s (never drop)."""
+        """Wait out a Kafka/Milvus outage with backoff (never drop); bugs and the outage limit raise."""
         w = self.s.worker
-        start = time.monotonic()
-        backoff = w.retry_backoff_s
-        while True:
-            try:
-                return fn()
-            except (kafka_io.KafkaError, RuntimeError, OSError, TimeoutError) as e:
-                if isinstance(e, OutageError) or time.monotonic() - start > w.outage_limit_s:
-                    raise OutageError(f"{what} failing for {time.monotonic() - start:.0f}s: {e}") from e
-                log.warning("%s failed (%s); retrying in %.1fs", what, e, backoff)
-                if self.stop_event.wait(backoff):
-                    raise _Stopped(what) from e
-                backoff = min(backoff * 2, 10.0)
+        wait = self._wait_lagging if threading.current_thread() is self._loop_thread else self.stop_event.wait
+        return retry(fn, what, w.outage_limit_s, w.retry_backoff_s, wait)
+
+    def _wait_lagging(self, delay_s: float) -> bool:
+        """The loop thread's wait while a step retries: keeps consumer_lag current, so a stuck consumer
+        shows (the lag grows while nothing is committed). True if stop() was called."""
+        end = time.monotonic() + delay_s
+        while not self.stop_event.wait(max(0.0, min(1.0, end - time.monotonic()))):
+            self._update_lag()
+            if time.monotonic() >= end:
+                return False
+        return True
 
     def _stage(self, name: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -588,6 +610,19 @@ class RecallWorker:
         # label by role, as the item writer and dead_letters_total do (bounded, the same on every deployment)
         role = {self.s.topics.clicks: "clicks", self.s.topics.recall_requests: "recall_requests"}
         lag: dict[str, int] = dict.fromkeys(role.values(), 0)
+        unknown = [tp for tp in self._assigned if tp not in self._positions]
+        if unknown:
+            # nothing committed by this member yet: measure from the group's committed offset (else the
+            # partition's start), so a consumer stuck since its start shows its lag instead of 0
+            try:
+                committed = self.consumer.committed(unknown, timeout_s=2.0)
+                starts = {tp: off for tp, off in committed.items() if off is not None}
+                missing = [tp for tp in unknown if tp not in starts]
+                if missing:
+                    starts.update({tp: low for tp, (low, _high) in self.consumer.watermarks(missing, 2.0).items()})
+                self._positions.update(starts)
+            except kafka_io.KafkaError as e:
+                log.debug("lag: committed offsets unavailable: %s", e)
         for tp in list(self._assigned):
             hw = self.consumer.highwater(tp)
             pos = self._positions.get(tp)

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -227,3 +228,36 @@ def spawn_recall_worker(settings: Any, export: Path, log: Path, *overrides: str)
     env.update(PYTHONPATH=str(ROOT), MIND_RECALL_LOG="INFO", PYTHONUNBUFFERED="1")
     f = open(log, "wb")  # noqa: SIM115 - the child owns it for its lifetime
     return subprocess.Popen(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+
+
+class Running:
+    """A RecallWorker in a thread of this process (sharing one Milvus Lite client with the test)."""
+
+    def __init__(self, settings: Any, store: Any, engine_delay_s: float = 0.0) -> None:
+        from worker.metrics import Metrics
+        from worker.recall_worker import RecallWorker, build_engine
+
+        self.metrics = Metrics()
+        engine, _, self.follower = build_engine(settings, settings.worker.export_dir, store=store, metrics=self.metrics)
+        if engine_delay_s:  # a slow engine keeps several micro-batches in flight
+            recall = engine.recall
+            engine.recall = lambda qs: (time.sleep(engine_delay_s), recall(qs))[1]  # type: ignore[method-assign]
+        self.worker = RecallWorker(settings, engine, self.metrics)
+        self.worker.open()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.worker.ready.wait(30), "worker got no partitions"
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as e:  # surfaced by stop()
+            self.error = e
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.thread.join(20)
+        if self.follower is not None:
+            self.follower.stop()
+        assert self.error is None, self.error

@@ -216,6 +216,7 @@ def test_bad_records_go_to_dlq_with_reason_and_neighbours_apply(settings: Settin
         ),
         ("wrong_type", b"9", b'{"item_id": "9", "vector": [1, 0, 0, 0], "model_version": "v1", "ts": 1}'),
         ("wrong_type", b"10", b'{"item_id": 10, "vector": "1,0,0,0", "model_version": "v1", "ts": 1}'),
+        ("key_mismatch", b"11", good(12)[1]),  # compaction keeps one record per KEY: the key must be the id
     ]
     kafka_io.ensure_item_topic(s)
     producer = kafka_io.make_producer(s)
@@ -242,6 +243,7 @@ def test_bad_records_go_to_dlq_with_reason_and_neighbours_apply(settings: Settin
     for reason, key, value in bad:
         headers, original = by_key[key]
         assert headers["reason"].decode().split(":")[0] == reason, (key, headers["reason"])
+        assert headers["error_class"].decode() == reason  # the reason code, as on the other DLQs
         assert original == value and headers["source_topic"].decode() == s.topics.item_embeddings
         assert (
             metrics.registry.get_sample_value(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,13 +13,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-from recall_testkit import Reference, read_topic, results_by_id, same_ranking, spawn_recall_worker, train_histories
+from recall_testkit import (
+    Reference,
+    Running,
+    read_topic,
+    results_by_id,
+    same_ranking,
+    spawn_recall_worker,
+    train_histories,
+)
 
 from mind_recall.settings import Settings
 from worker import kafka_io
-from worker.metrics import Metrics
 from worker.recall import load_into_store
-from worker.recall_worker import RecallWorker, build_engine
+from worker.recall_worker import RecallWorker
 from worker.requests import encode_click, encode_request, user_key
 from worker.store import ItemStore
 
@@ -36,36 +42,6 @@ def _settings(settings: Settings, export_base: Path, *extra: str) -> Settings:
         "worker.session_timeout_ms=6000",
         *extra,
     )
-
-
-class Running:
-    """A RecallWorker in a thread of this process (sharing one Milvus Lite client with the test)."""
-
-    def __init__(self, settings: Settings, store: ItemStore, engine_delay_s: float = 0.0) -> None:
-        self.metrics = Metrics()
-        engine, _, self.follower = build_engine(settings, settings.worker.export_dir, store=store, metrics=self.metrics)
-        if engine_delay_s:  # a slow engine keeps several micro-batches in flight
-            recall = engine.recall
-            engine.recall = lambda qs: (time.sleep(engine_delay_s), recall(qs))[1]  # type: ignore[method-assign]
-        self.worker = RecallWorker(settings, engine, self.metrics)
-        self.worker.open()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self.worker.ready.wait(30), "worker got no partitions"
-
-    def _run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as e:  # surfaced by stop()
-            self.error = e
-
-    def stop(self) -> None:
-        self.worker.stop()
-        self.thread.join(20)
-        if self.follower is not None:
-            self.follower.stop()
-        assert self.error is None, self.error
 
 
 @pytest.fixture
