@@ -224,7 +224,8 @@ def _dead_offsets(dlq: list[Any], topic: str) -> set[int]:
 def test_fuzz_every_input_topic(settings: Settings, export_base: Path, store: ItemStore) -> None:
     s = settings.replace(
         f"worker.export_dir={export_base / 'export'}", "topics.partitions=1", "worker.batch_ms=5",
-        "worker.session_timeout_ms=6000", f"worker.max_record_bytes={MAX_RECORD}", "worker.exclude_seen=false", "worker.max_hist=50",
+        "worker.session_timeout_ms=6000", f"worker.max_record_bytes={MAX_RECORD}", "worker.exclude_seen=false",
+        "worker.max_hist=50",
     )
     version, dim, item_ids, _vecs, _ = load_export(export_base / "export")
     rng = random.Random(13)
