@@ -30,6 +30,7 @@ from mind_recall.settings import Settings
 from worker import kafka_io
 from worker.history import HistoryState, restore
 from worker.kafka_io import DeadLetter, TopicPartition
+from worker.ledger import Ledger
 from worker.outage import Stopped, retry
 from worker.recall import Encoded, Query, Recall, RecallEngine
 from worker.requests import (
@@ -83,21 +84,11 @@ class RecallWorker:
         self.limits = Limits.of(settings)
         self.state = HistoryState(maxlen=settings.hyper_parameters.maxlen)
         self.stop_event = threading.Event()
-        self._generation = 0
-        self._pending_restore: set[int] = set()
-        self._revoked_state: set[int] = set()
-        self._assigned: set[TopicPartition] = set()
+        self.ledger = Ledger(settings.topics.clicks)  # offsets and rebalance bookkeeping (worker/ledger.py)
         self._nearline_last: dict[int, float] = {}
-        self._positions: dict[TopicPartition, int] = {}
         self._last_lag = 0.0
         self._inflight: deque[_Batch] = deque()
-        self._to_commit: dict[TopicPartition, int] = {}
         self._last_commit = time.monotonic()
-        self._changelog_carry: list[tuple[int, bytes, bytes]] = []  # of dropped batches, see _drop_inflight
-        self._pending_seek: dict[TopicPartition, int] = {}  # see _rewind
-        # published, not committed, partition revoked or lost meanwhile: see _resume_after_loss
-        self._unconfirmed: dict[TopicPartition, int] = {}
-        self._assigning = False  # revoked, not assigned yet
         self._engine_pool: ThreadPoolExecutor | None = None
         self._encode_pool: ThreadPoolExecutor | None = None  # worker.overlap_encode
         self.ready = threading.Event()  # set once partitions are assigned and restored
@@ -171,108 +162,51 @@ class RecallWorker:
             self.producer.close()
 
     # -- rebalance (runs inside poll, on this thread; the restore itself happens in the loop) ----------
+    # The decisions are the ledger's (worker/ledger.py, unit-tested); here only the Kafka calls around them.
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Published batches: commit them now, so that the partitions' next owner (maybe this member again)
-        # does not answer them twice. Batches in flight are not finished here (the engine may be busy for
-        # a while); _collect drops them and reads them again (see _drop_inflight).
-        revoked_set = set(revoked)
-        done = {tp: off for tp, off in self._to_commit.items() if tp in revoked_set}
+        # Batches in flight are not finished here (the engine may be busy for a while); _collect drops
+        # them and reads them again (see _drop_inflight).
+        done = self.ledger.revoking(revoked)
         if done:
             try:
                 self.consumer.commit(done)
-                self._positions.update(done)
-            except kafka_io.KafkaError as e:  # another owner answers them again; if they come back here,
-                log.warning("commit on revoke failed: %s", e)  # this member resumes after them
-                for tp, off in done.items():
-                    self._unconfirmed[tp] = max(self._unconfirmed.get(tp, 0), off)
-        self._revoke(revoked)
-
-    def _revoke(self, revoked: list[TopicPartition]) -> None:
-        # Eager rebalancing revokes everything and then assigns: keep the state of revoked partitions
-        # until the assignment says whether they come back (no member owns them in between).
-        self._generation += 1
-        self._assigning = True
-        self._revoked_state |= {tp.partition for tp in revoked if tp.topic == self.s.topics.clicks}
-        self._assigned -= set(revoked)
-        revoked_set = set(revoked)
-        self._to_commit = {tp: off for tp, off in self._to_commit.items() if tp not in revoked_set}
-        self._positions = {tp: off for tp, off in self._positions.items() if tp not in revoked_set}
+                self.ledger.committed(done)
+            except kafka_io.KafkaError as e:
+                log.warning("commit on revoke failed: %s", e)
+                self.ledger.revoked_commit_failed(done)
+        self.ledger.revoke(revoked)
         log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
     def _on_lost(self, lost: list[TopicPartition]) -> None:
-        # Evicted from the group: another member may have served these partitions meanwhile, so nothing
-        # local about them can be trusted: drop their history (restored from the changelog if they come
-        # back), their queued offsets and carried changelog entries.
-        lost_set = set(lost)
-        # What this member published but could not commit: if the partitions come back (a broker outage
-        # longer than the session timeout loses the assignment client-side, and then hands it back), it
-        # resumes after it instead of answering it twice (see _resume_after_loss). Before _revoke drops it.
-        for tp, off in self._to_commit.items():
-            if tp in lost_set:
-                self._unconfirmed[tp] = max(self._unconfirmed.get(tp, 0), off)
-        parts = {tp.partition for tp in lost if tp.topic == self.s.topics.clicks}
-        self._revoke(lost)
-        self._revoked_state -= parts
-        self.state.drop_partitions(parts)
-        self._changelog_carry = [e for e in self._changelog_carry if e[0] not in parts]
+        self.state.drop_partitions(self.ledger.lose(lost))
         log.warning("partitions lost (evicted from the group): %s", sorted((tp.topic, tp.partition) for tp in lost))
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
-        self._generation += 1
-        self._assigning = False
-        self._assigned |= set(assigned)
-        clicks = {tp.partition for tp in assigned if tp.topic == self.s.topics.clicks}
-        gone = self._revoked_state - clicks
-        # what belonged to partitions now gone: their new owner answers and commits from the committed
-        # offset; a carried (older) changelog entry published later would overwrite its newer one
-        self._changelog_carry = [e for e in self._changelog_carry if e[0] not in gone]
+        start, gone, resumed = self.ledger.assign(assigned, self.state.partitions(), self._committed_or_none)
         self.state.drop_partitions(gone)
-        self._pending_restore -= gone
-        self._revoked_state.clear()
-        self._pending_restore |= clicks - self.state.partitions()
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
-        start = self._resume_after_loss(set(assigned))
-        for tp in assigned:  # seeks that waited for this assignment (see _rewind): set with it
-            if tp in self._pending_seek:
-                start.setdefault(tp, self._pending_seek.pop(tp))
+        if resumed:
+            where = sorted((t.topic, t.partition, o) for t, o in resumed.items())
+            log.info("resuming after published offsets %s", where)
         return start
 
-    def _resume_after_loss(self, assigned: set[TopicPartition]) -> dict[TopicPartition, int]:
-        """Partitions lost (or revoked with a failed commit) and now back: start at the higher of the
-        committed offset and what this member had published before. Everything below either was answered
-        (by this member, or by one that owned the partition meanwhile and committed further), so nothing is
-        lost and nothing that this member published is answered again."""
-        back = {tp: off for tp, off in self._unconfirmed.items() if tp in assigned}
-        self._unconfirmed = {}
-        if not back:
-            return {}
+    def _committed_or_none(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None] | None:
         try:
-            committed = self.consumer.committed(list(back))
-        except kafka_io.KafkaError as e:  # fall back to the committed offset: duplicates, never a loss
+            return self.consumer.committed(tps)  # type: ignore[no-any-return]
+        except kafka_io.KafkaError as e:
             log.warning("committed offsets unavailable after a lost assignment (%s); re-reading from them", e)
-            return {}
-        start = {}
-        for tp, off in back.items():
-            c = committed.get(tp)
-            if c is None or off > c:
-                start[tp] = off
-                self._to_commit[tp] = max(self._to_commit.get(tp, 0), off)
-                # a seek of a dropped record below it (_rewind) would re-read what was published
-                self._pending_seek.pop(tp, None)
-        if start:
-            log.info("resuming after published offsets %s", sorted((t.topic, t.partition, o) for t, o in start.items()))
-        return start
+            return None
 
     def _restore_pending(self) -> None:
-        if not self._pending_restore:
+        if not self.ledger.pending_restore:
             return
-        parts = sorted(self._pending_restore)
+        parts = sorted(self.ledger.pending_restore)
         t0 = time.perf_counter()
         n = self._retry(
             lambda: restore(self.restore_consumer, self.s.topics.history_changelog, parts, self.state),
             "history restore",
         )
-        self._pending_restore.clear()
+        self.ledger.pending_restore.clear()
         log.info(
             "restored %d changelog records for partitions %s in %.2fs (%d users)",
             n,
@@ -298,7 +232,7 @@ class RecallWorker:
                 while self._inflight and self._inflight[0].results_done():
                     self._finish(self._inflight.popleft())
                 batch = self._collect()
-                if self._assigned and not self._pending_restore:
+                if self.ledger.assigned and not self.ledger.pending_restore:
                     self.ready.set()
                 if batch:
                     self._inflight.append(self._prepare(batch))
@@ -321,15 +255,15 @@ class RecallWorker:
 
     def owned_partitions(self) -> set[int]:
         """Clicks partitions this member owns with their history restored (for health checks and tests)."""
-        clicks = {tp.partition for tp in self._assigned if tp.topic == self.s.topics.clicks}
-        return clicks - self._pending_restore
+        clicks = {tp.partition for tp in self.ledger.assigned if tp.topic == self.s.topics.clicks}
+        return clicks - self.ledger.pending_restore
 
     def _collect(self) -> list[Any]:
         """Records of one micro-batch: up to batch_max, or what arrived within batch_ms of the first."""
         w = self.s.worker
         batch: list[Any] = []
         first = 0.0
-        gen = self._generation
+        gen = self.ledger.generation
         while not self.stop_event.is_set():
             if batch:
                 left_ms = w.batch_ms - (time.monotonic() - first) * 1000
@@ -347,14 +281,14 @@ class RecallWorker:
             else:
                 timeout = 0 if self._inflight else 100  # in flight: take what is buffered, else go finish it
             polled = self.consumer.poll(timeout_ms=timeout, max_records=w.batch_max - len(batch))
-            if self._generation != gen:
+            if self.ledger.generation != gen:
                 # A rebalance ran inside poll: records gathered before it may belong to partitions now
                 # owned by another member. Drop them, and what this poll returned too (it may hold records
                 # from before the revoke and from after the assignment, which are not told apart), and
                 # rewind the partitions still ours to the lowest dropped offset.
                 # The same goes for every batch still in flight (prepared before the rebalance).
                 self._rewind(batch + [r for recs in polled.values() for r in recs], self._drop_inflight())
-                batch, gen, first, polled = [], self._generation, 0.0, {}
+                batch, gen, first, polled = [], self.ledger.generation, 0.0, {}
             self._restore_pending()
             for recs in polled.values():
                 batch.extend(recs)
@@ -373,42 +307,23 @@ class RecallWorker:
         return True
 
     def _rewind(self, records: list[Any], low: dict[TopicPartition, int] | None = None) -> None:
-        """Seek the partitions that are ours back to the lowest of these records / offsets. The client
-        may revoke in one poll and assign in a later one: between the two nothing is assigned, so the
-        seeks wait in ``_pending_seek`` until the assignment says which partitions stayed (the others'
-        new owners read them from the committed offset)."""
-        want = dict(self._pending_seek)
-        for tp, off in (low or {}).items():
-            want[tp] = min(want.get(tp, off), off)
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            want[tp] = min(want.get(tp, r.offset), r.offset)
-        self._pending_seek = {}
-        for tp, off in want.items():
-            if tp in self._assigned:
-                self.consumer.seek(tp, off)
-            elif self._assigning:
-                self._pending_seek[tp] = off
+        """Seek the partitions that are ours back to the lowest of these records / offsets (Ledger.rewind)."""
+        offsets = [(TopicPartition(r.topic, r.partition), r.offset) for r in records] + list((low or {}).items())
+        for tp, off in self.ledger.rewind(offsets).items():
+            self.consumer.seek(tp, off)
 
     def _drop_inflight(self) -> dict[TopicPartition, int]:
-        """After a rebalance: drop every batch in flight unpublished and return the lowest offset each
-        held per partition (to read them again). Their engine calls run on and are ignored. Their clicks
-        are already in the history, so the replay skips them (offset check) and would never write their
-        changelog entries: those are carried to the next published batch, for the partitions still held."""
-        low: dict[TopicPartition, int] = {}
-        held = self.state.partitions()
-        dropped = 0
-        while self._inflight:
-            b = self._inflight.popleft()
-            dropped += len(b.answers)
+        """After a rebalance: drop every batch in flight unpublished; returns the lowest offset each held per
+        partition (to read them again). Their engine calls run on and are ignored (Ledger.drop_inflight)."""
+        dropped = sum(len(b.answers) for b in self._inflight)
+        batches = list(self._inflight)
+        self._inflight.clear()
+        for b in batches:
             if b.results is not None:
                 b.results.cancel()  # not started yet: never runs; running: its result is ignored
-            self._changelog_carry += [e for e in b.changelog if e[0] in held]
-            for tp, off in b.first.items():
-                low[tp] = min(low.get(tp, off), off)
         if dropped:
             log.info("rebalance: %d requests in flight dropped unpublished; their records are read again", dropped)
-        return low
+        return self.ledger.drop_inflight(((b.first, b.changelog) for b in batches), self.state.partitions())
 
     def _prepare(self, batch: list[Any]) -> _Batch:
         """Decode and validate, apply clicks to the history in arrival order, submit the engine call."""
@@ -472,7 +387,7 @@ class RecallWorker:
         version = self.engine.model_version
         produced = now_ms()
         sends: list[tuple[str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None]] = []
-        carry, self._changelog_carry = self._changelog_carry, []
+        carry = self.ledger.take_changelog_carry()
         for p, key, value in carry + b.changelog:
             sends.append((t.history_changelog, key, value, p, None))
         answered: list[tuple[_Pending, Recall]] = []
@@ -495,8 +410,7 @@ class RecallWorker:
             sends.append((t.dlq, d.key, d.value, None, d.headers()))
         self._retry(lambda: self._send_all(sends), "publish")
         self._stage("publish", t1)
-        for tp, off in b.offsets.items():
-            self._to_commit[tp] = max(self._to_commit.get(tp, 0), off)
+        self.ledger.finish_batch(b.offsets)
         self.batches += 1
         if m is not None:
             done = now_ms()
@@ -518,21 +432,19 @@ class RecallWorker:
 
     def _commit(self, force: bool = False) -> None:
         """Commit the offsets of finished (flushed) batches, at most every worker.commit_interval_ms."""
-        if not self._to_commit:
+        if not self.ledger.to_commit:
             return
         if not force and (time.monotonic() - self._last_commit) * 1000 < self.s.worker.commit_interval_ms:
             return
         t1 = time.perf_counter()
-        offsets, self._to_commit = self._to_commit, {}
+        offsets = self.ledger.due()
         self._last_commit = time.monotonic()
         try:
             self.consumer.commit(offsets)
-            self._positions.update(offsets)
+            self.ledger.committed(offsets)
         except kafka_io.KafkaError as e:  # e.g. rebalanced meanwhile: the new owner redoes these (at-least-once)
             log.warning("offset commit failed; retried with the next commit where the partition is still ours: %s", e)
-            for tp, off in offsets.items():
-                if tp in self._assigned:
-                    self._to_commit[tp] = max(self._to_commit.get(tp, 0), off)
+            self.ledger.commit_failed(offsets)
         self._stage("commit", t1)
 
     def _query(self, q: RecallRequest) -> Query:
@@ -610,7 +522,8 @@ class RecallWorker:
         # label by role, as the item writer and dead_letters_total do (bounded, the same on every deployment)
         role = {self.s.topics.clicks: "clicks", self.s.topics.recall_requests: "recall_requests"}
         lag: dict[str, int] = dict.fromkeys(role.values(), 0)
-        unknown = [tp for tp in self._assigned if tp not in self._positions]
+        positions = self.ledger.positions
+        unknown = [tp for tp in self.ledger.assigned if tp not in positions]
         if unknown:
             # nothing committed by this member yet: measure from the group's committed offset (else the
             # partition's start), so a consumer stuck since its start shows its lag instead of 0
@@ -620,12 +533,12 @@ class RecallWorker:
                 missing = [tp for tp in unknown if tp not in starts]
                 if missing:
                     starts.update({tp: low for tp, (low, _high) in self.consumer.watermarks(missing, 2.0).items()})
-                self._positions.update(starts)
+                positions.update(starts)
             except kafka_io.KafkaError as e:
                 log.debug("lag: committed offsets unavailable: %s", e)
-        for tp in list(self._assigned):
+        for tp in list(self.ledger.assigned):
             hw = self.consumer.highwater(tp)
-            pos = self._positions.get(tp)
+            pos = positions.get(tp)
             if hw is not None and pos is not None and tp.topic in role:
                 lag[role[tp.topic]] += max(0, hw - pos)
         for topic, n in lag.items():
@@ -672,8 +585,11 @@ def build_engine(
     )
     t0 = time.perf_counter()
     try:
-        engine.warm_up()
-        log.info("engine warmed up in %.2fs", time.perf_counter() - t0)
+        if coll not in store.list_collections():  # items still to come through the item topic (the demo)
+            log.info("collection %s does not exist yet: no warm-up; the first batches pay the set-up", coll)
+        else:
+            engine.warm_up()
+            log.info("engine warmed up in %.2fs", time.perf_counter() - t0)
     except Exception as e:  # e.g. Milvus not up yet: serving retries with backoff, nothing to do here
         log.warning("engine warm-up failed (%s); the first batches will pay the set-up", e)
     return engine, store, follower
