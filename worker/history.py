@@ -5,15 +5,20 @@ same partition count); the worker writes a user's new state to the changelog bef
 the click offsets, and on assignment of clicks partition p it replays changelog partition p.
 Each changelog entry carries the clicks offset it reflects, so a click replayed after a crash
 (changelog written, offset not yet committed) is recognised and not appended twice.
+
+Memory: one row per user in columnar blocks (no Python object per user), found through an
+open-addressing hash of int32 slots; ~114 bytes per user at maxlen 20 (docs/recall.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -22,53 +27,109 @@ from worker.requests import Click, user_key
 
 log = logging.getLogger(__name__)
 
+_SHIFT = 14  # rows per block: 2^14; a full block is never copied again, so growth neither stalls nor doubles memory
+_BLOCK = 1 << _SHIFT
+_LOW = _BLOCK - 1
+_FIRST_ROWS = 64  # the first block starts this small and doubles up to _BLOCK rows
+_MIN_BITS = 6
+_GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: 2^64 / golden ratio
+_M64 = (1 << 64) - 1
+_RANGE = {"B": (0, 1 << 8), "H": (0, 1 << 16), "i": (-(1 << 31), 1 << 31), "q": (-(1 << 63), 1 << 63)}
+_INT64 = _RANGE["q"]
+_WIDER = {"B": "H", "H": "i", "i": "q"}
 
-@dataclass
-class UserHistory:
-    items: list[int]
-    last_offset: int  # clicks offset of the newest click applied (-1: none)
-    ts: int = 0
+
+def _zeros(code: str, n: int) -> array:
+    return array(code, [0]) * n
 
 
-@dataclass
+def _np(block: array) -> np.ndarray:
+    """A writable numpy view of an array block (blocks are never resized, so the view stays valid)."""
+    return np.frombuffer(block, dtype=block.typecode)
+
+
 class HistoryState:
-    """Histories of the users in the clicks partitions this worker owns (last ``maxlen`` items each)."""
+    """Histories of the users in the clicks partitions this worker owns (last ``maxlen`` items each).
 
-    maxlen: int
-    _parts: dict[int, dict[int, UserHistory]] = field(default_factory=dict)
-    _where: dict[int, int] = field(default_factory=dict)  # user -> partition
-    _dirty: dict[int, set[int]] = field(default_factory=dict)  # partition -> users changed since drain
+    A row per user: key, partition, items (a ring of ``maxlen``), ring length and head, the clicks offset
+    of the newest click applied (-1: none) and its ts. Columns narrow where values allow (items and
+    offsets int32, partition uint16) and widen for the whole table the first time a value does not fit.
+    Rows live in fixed blocks and stay dense: a deleted row is filled by the last one, a dropped
+    partition is compacted away. A user is in one partition: a click or entry for it in another
+    partition starts its history there afresh (histories are per partition, as the changelog is).
+    Not thread-safe: the worker's loop thread is its only user.
+    """
+
+    def __init__(self, maxlen: int) -> None:
+        if maxlen < 1:
+            raise ValueError(f"maxlen must be >= 1, got {maxlen}")
+        self.maxlen = maxlen
+        ring = "B" if maxlen < 1 << 8 else "H" if maxlen < 1 << 16 else "i"
+        self._codes = {"key": "q", "part": "H", "off": "i", "ts": "q", "len": ring, "head": ring}
+        self._cols: dict[str, list[array]] = {name: [] for name in self._codes}
+        self._key, self._part, self._off = self._cols["key"], self._cols["part"], self._cols["off"]
+        self._ts, self._len, self._head = self._cols["ts"], self._cols["len"], self._cols["head"]
+        self._items: list[np.ndarray] = []
+        self._item_dtype: type[np.signedinteger] = np.int32
+        self._item_range = _RANGE["i"]
+        self._n = 0  # rows in use: 0 .. n-1
+        self._cap = 0  # rows allocated
+        self._seed = secrets.randbits(64)  # ids are client input: unknown seed, no crafted probe chains
+        self._slots = _zeros("i", 1 << _MIN_BITS)  # row + 1; 0: empty
+        self._bits = _MIN_BITS
+        self._counts: dict[int, int] = {}  # partition held -> its users
+        self._dirty: dict[int, set[int]] = {}  # partition -> users changed since drain
+
+    # ---- public API -------------------------------------------------------------------------------
 
     def apply(self, partition: int, offset: int, click: Click) -> bool:
         """Append a click; False if this offset was already applied (a replay)."""
-        users = self._parts.setdefault(partition, {})
-        h = users.get(click.user_id)
-        if h is None:
-            h = users[click.user_id] = UserHistory([], -1)
-            self._where[click.user_id] = partition
-        elif offset <= h.last_offset:
-            return False
-        h.items.append(click.item_id)
-        if len(h.items) > self.maxlen:
-            del h.items[: len(h.items) - self.maxlen]
-        h.last_offset, h.ts = offset, click.ts
-        self._dirty.setdefault(partition, set()).add(click.user_id)
+        user = click.user_id
+        slot, r = self._probe(user)
+        if r < 0:
+            r = self._new_row(slot, user, partition)
+        else:
+            b, j = r >> _SHIFT, r & _LOW
+            if self._part[b][j] != partition:
+                self._move(r, partition)
+            elif offset <= self._off[b][j]:
+                return False
+        b, j = r >> _SHIFT, r & _LOW
+        item = click.item_id
+        lo, hi = self._item_range
+        if not lo <= item < hi:
+            self._widen_items(item)
+        n = self._len[b][j]
+        if n < self.maxlen:
+            self._items[b][j, n] = item
+            self._len[b][j] = n + 1
+        else:  # full: overwrite the oldest
+            h = self._head[b][j]
+            self._items[b][j, h] = item
+            self._head[b][j] = h + 1 if h + 1 < self.maxlen else 0
+        self._put("off", b, j, offset)
+        self._ts[b][j] = min(max(click.ts, _INT64[0]), _INT64[1] - 1)  # decode bounds ts below only
+        self._dirty.setdefault(partition, set()).add(user)
         return True
 
     def get(self, user_id: int) -> np.ndarray | None:
-        p = self._where.get(user_id)
-        h = None if p is None else self._parts.get(p, {}).get(user_id)
-        return None if h is None or not h.items else np.asarray(h.items, dtype=np.int64)
+        """The user's last ``maxlen`` items oldest first (int64), or None."""
+        _slot, r = self._probe(user_id)
+        return None if r < 0 else self._history(r)
 
     def drain_dirty(self) -> list[tuple[int, bytes, bytes]]:
         """Changelog records (partition, key, value) for every user changed since the last drain."""
         out = []
         for p, users in self._dirty.items():
-            part = self._parts.get(p, {})
             for u in users:
-                h = part.get(u)
-                if h is not None:
-                    out.append((p, user_key(u), encode_entry(u, h)))
+                _slot, r = self._probe(u)
+                if r < 0:
+                    continue
+                b, j = r >> _SHIFT, r & _LOW
+                if self._part[b][j] == p:
+                    h = self._history(r)
+                    items = [] if h is None else h.tolist()
+                    out.append((p, user_key(u), encode_entry(u, items, self._off[b][j], self._ts[b][j])))
         self._dirty.clear()
         return out
 
@@ -79,38 +140,252 @@ class HistoryState:
         except ValueError:
             user = None
         if value is None:
-            if user is not None:
-                self._parts.get(partition, {}).pop(user, None)
-                self._where.pop(user, None)
+            if user is not None and _INT64[0] <= user < _INT64[1]:
+                slot, r = self._probe(user)
+                if r >= 0 and self._part[r >> _SHIFT][r & _LOW] == partition:
+                    self._delete(slot, r)
             return
         try:
             obj = json.loads(value)
             user = int(obj["user_id"])
             items = [int(i) for i in obj["items"]][-self.maxlen :]
-            h = UserHistory(items, int(obj.get("offset", -1)), int(obj.get("ts", 0)))
-        except (ValueError, KeyError, TypeError) as e:
+            offset, ts = int(obj.get("offset", -1)), int(obj.get("ts", 0))
+            for v in (user, offset, ts, *((min(items), max(items)) if items else ())):
+                if not _INT64[0] <= v < _INT64[1]:
+                    raise ValueError(f"{v} is out of the int64 range")
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
             log.warning("history: skipping a bad changelog record in partition %d: %s", partition, e)
             return
-        self._parts.setdefault(partition, {})[user] = h
-        self._where[user] = partition
+        slot, r = self._probe(user)
+        if r < 0:
+            r = self._new_row(slot, user, partition)
+        elif self._part[r >> _SHIFT][r & _LOW] != partition:
+            self._move(r, partition)
+        b, j = r >> _SHIFT, r & _LOW
+        if items:
+            lo, hi = self._item_range
+            if min(items) < lo:
+                self._widen_items(min(items))
+            if max(items) >= hi:
+                self._widen_items(max(items))
+            self._items[b][j, : len(items)] = items
+        self._len[b][j], self._head[b][j] = len(items), 0
+        self._put("off", b, j, offset)
+        self._ts[b][j] = ts
 
     def drop_partitions(self, partitions: Iterable[int]) -> None:
-        for p in partitions:
-            for u in self._parts.pop(p, {}):
-                if self._where.get(u) == p:
-                    del self._where[u]
+        """Forget these partitions' users: the rows left are compacted and the hash sized to them."""
+        gone = set(partitions)
+        for p in gone:
             self._dirty.pop(p, None)
+        held = [p for p in gone if self._counts.pop(p, 0)]
+        if not held:
+            return
+        keep = ~np.isin(self._column("part"), held)
+        n = int(keep.sum())
+        for name in self._cols:
+            self._compact(self._cols[name], keep, _np)
+        self._compact(self._items, keep, lambda a: a)
+        self._n = n
+        blocks = max(1, -(-n // _BLOCK)) if self._cap > _BLOCK else 1
+        for cols in self._cols.values():
+            del cols[blocks:]
+        del self._items[blocks:]
+        self._cap = sum(len(b) for b in self._items)
+        self._rebuild_slots(max(_MIN_BITS, (2 * n - 1).bit_length()))
 
     def partitions(self) -> set[int]:
-        return set(self._parts)
+        return set(self._counts)
 
     def users(self) -> int:
-        return len(self._where)
+        return self._n
+
+    def nbytes(self) -> int:
+        """Bytes of the arrays that hold the histories (rows allocated plus the hash slots)."""
+        cols = sum(len(b) * b.itemsize for blocks in self._cols.values() for b in blocks)
+        return cols + sum(a.nbytes for a in self._items) + len(self._slots) * self._slots.itemsize
+
+    # ---- rows ---------------------------------------------------------------------------------------
+
+    def _hold(self, partition: int) -> None:
+        """Count ``partition`` as held even while it has no users (a restored empty partition)."""
+        self._counts.setdefault(partition, 0)
+
+    def _history(self, r: int) -> np.ndarray | None:
+        b, j = r >> _SHIFT, r & _LOW
+        n = self._len[b][j]
+        if not n:
+            return None
+        row = self._items[b][j]
+        h = self._head[b][j]
+        if h == 0:
+            return row[:n].astype(np.int64)
+        return np.concatenate((row[h:], row[:h]), dtype=np.int64)
+
+    def _put(self, name: str, b: int, j: int, v: int) -> None:
+        lo, hi = _RANGE[self._codes[name]]
+        if not lo <= v < hi:
+            self._widen(name, v)
+        self._cols[name][b][j] = v
+
+    def _widen(self, name: str, v: int) -> None:
+        """Widen a column for the whole table until ``v`` fits (it is an int64)."""
+        code = self._codes[name]
+        while not _RANGE[code][0] <= v < _RANGE[code][1]:
+            code = _WIDER[code]
+        log.info("history: column %s widened to %s for value %d", name, code, v)
+        self._codes[name] = code
+        blocks = self._cols[name]
+        blocks[:] = [array(code, blk) for blk in blocks]
+
+    def _widen_items(self, item: int) -> None:
+        if not _INT64[0] <= item < _INT64[1]:
+            raise OverflowError(f"item id {item} is out of the int64 range")
+        log.info("history: item ids widened to int64 for item %d", item)
+        self._items[:] = [a.astype(np.int64) for a in self._items]
+        self._item_dtype, self._item_range = np.int64, _INT64
+
+    def _new_row(self, slot: int, user: int, partition: int) -> int:
+        if 2 * (self._n + 1) > len(self._slots):  # load factor <= 1/2: short probe chains
+            self._rebuild_slots(self._bits + 1)
+            slot, _ = self._probe(user)
+        r = self._n
+        if r == self._cap:
+            self._grow_rows()
+        self._slots[slot] = r + 1
+        self._n += 1
+        b, j = r >> _SHIFT, r & _LOW
+        self._key[b][j] = user
+        self._put("part", b, j, partition)
+        self._off[b][j], self._ts[b][j], self._len[b][j], self._head[b][j] = -1, 0, 0, 0
+        self._counts[partition] = self._counts.get(partition, 0) + 1
+        return r
+
+    def _move(self, r: int, partition: int) -> None:
+        """The user's row now holds a fresh history in ``partition``."""
+        b, j = r >> _SHIFT, r & _LOW
+        self._counts[self._part[b][j]] -= 1
+        self._put("part", b, j, partition)
+        self._off[b][j], self._ts[b][j], self._len[b][j], self._head[b][j] = -1, 0, 0, 0
+        self._counts[partition] = self._counts.get(partition, 0) + 1
+
+    def _grow_rows(self) -> None:
+        if self._cap < _BLOCK:  # the only block doubles (a copy of at most one block)
+            size = min(max(2 * self._cap, _FIRST_ROWS), _BLOCK)
+            for name, blocks in self._cols.items():
+                new = _zeros(self._codes[name], size)
+                if blocks:
+                    new[: self._cap] = blocks[0]
+                blocks[:] = [new]
+            items = np.zeros((size, self.maxlen), dtype=self._item_dtype)
+            if self._items:
+                items[: self._cap] = self._items[0]
+            self._items[:] = [items]
+            self._cap = size
+        else:
+            for name, blocks in self._cols.items():
+                blocks.append(_zeros(self._codes[name], _BLOCK))
+            self._items.append(np.zeros((_BLOCK, self.maxlen), dtype=self._item_dtype))
+            self._cap += _BLOCK
+
+    def _delete(self, slot: int, r: int) -> None:
+        b, j = r >> _SHIFT, r & _LOW
+        self._counts[self._part[b][j]] -= 1
+        # Backward-shift deletion (no tombstones): a later entry of the chain moves into the hole
+        # unless its home slot lies cyclically in (hole, its slot], where it must stay reachable.
+        slots, mask = self._slots, len(self._slots) - 1
+        i = k = slot
+        while True:
+            k = (k + 1) & mask
+            s = slots[k]
+            if not s:
+                break
+            rk = s - 1
+            home = self._home(self._key[rk >> _SHIFT][rk & _LOW])
+            if (k - home) & mask >= (k - i) & mask:
+                slots[i] = s
+                i = k
+        slots[i] = 0
+        last = self._n - 1
+        if r != last:  # keep rows dense: the last row fills the hole
+            lb, lj = last >> _SHIFT, last & _LOW
+            for blocks in self._cols.values():
+                blocks[b][j] = blocks[lb][lj]
+            self._items[b][j] = self._items[lb][lj]
+            lslot, _ = self._probe(self._key[lb][lj])
+            slots[lslot] = r + 1
+        self._n = last
+
+    def _column(self, name: str) -> np.ndarray:
+        """A copy of a column's ``n`` rows."""
+        blocks = self._cols[name]
+        if not blocks:
+            return np.zeros(0, dtype=self._codes[name])
+        return np.concatenate([_np(b) for b in blocks])[: self._n]
+
+    def _compact(self, blocks: list[Any], keep: np.ndarray, view: Callable[[Any], np.ndarray]) -> None:
+        """Move the kept rows of one column to the front, in order, a block at a time."""
+        w = 0
+        for k, blk in enumerate(blocks):
+            lo = k << _SHIFT
+            if lo >= self._n:
+                break
+            src = view(blk)
+            hi = min(lo + len(src), self._n)
+            vals = src[: hi - lo][keep[lo:hi]]  # a copy: rows are read before anything overwrites them
+            pos = 0
+            while pos < len(vals):  # the destination rows w.. lie at or before the rows just read
+                r = w + pos
+                dst = view(blocks[r >> _SHIFT])
+                c = min(len(dst) - (r & _LOW), len(vals) - pos)
+                dst[r & _LOW : (r & _LOW) + c] = vals[pos : pos + c]
+                pos += c
+            w += len(vals)
+
+    # ---- hash ---------------------------------------------------------------------------------------
+
+    def _home(self, user: int) -> int:
+        return (((user ^ self._seed) * _GOLDEN) & _M64) >> (64 - self._bits)
+
+    def _probe(self, user: int) -> tuple[int, int]:
+        """(slot, row) of ``user``, or (the empty slot where it would go, -1)."""
+        slots, keys, mask = self._slots, self._key, len(self._slots) - 1
+        i = (((user ^ self._seed) * _GOLDEN) & _M64) >> (64 - self._bits)
+        while True:
+            s = slots[i]
+            if not s:
+                return i, -1
+            r = s - 1
+            if keys[r >> _SHIFT][r & _LOW] == user:
+                return i, r
+            i = (i + 1) & mask
+
+    def _rebuild_slots(self, bits: int) -> None:
+        """Insert every row into 2^bits fresh slots, vectorised: in each round every key not yet placed
+        tries its current slot; of those that find it empty one wins and the rest move on by one."""
+        size, n = 1 << bits, self._n
+        slots = np.zeros(size, dtype=np.int32)
+        if n:
+            keys = self._column("key").view(np.uint64)
+            pos = ((keys ^ np.uint64(self._seed)) * np.uint64(_GOLDEN)) >> np.uint64(64 - bits)
+            pos = pos.astype(np.int64)
+            rows = np.arange(n, dtype=np.int64)
+            while rows.size:
+                free = np.flatnonzero(slots[pos] == 0)
+                taken, first = np.unique(pos[free], return_index=True)
+                winners = free[first]
+                slots[taken] = rows[winners] + 1
+                lose = np.ones(rows.size, dtype=bool)
+                lose[winners] = False
+                rows, pos = rows[lose], (pos[lose] + 1) & (size - 1)
+        self._slots = array("i", slots.tobytes())
+        self._bits = bits
 
 
-def encode_entry(user_id: int, h: UserHistory) -> bytes:
+def encode_entry(user_id: int, items: list[int], offset: int, ts: int) -> bytes:
+    """The changelog value: ``{"user_id","items","offset","ts"}`` (the wire format of existing topics)."""
     return json.dumps(
-        {"user_id": int(user_id), "items": h.items, "offset": h.last_offset, "ts": h.ts},
+        {"user_id": int(user_id), "items": items, "offset": int(offset), "ts": int(ts)},
         separators=(",", ":"),
     ).encode()
 
@@ -129,7 +404,7 @@ def restore(
         return 0
     state.drop_partitions(tp.partition for tp in tps)
     for tp in tps:
-        state._parts.setdefault(tp.partition, {})
+        state._hold(tp.partition)
     consumer.assign_from(dict.fromkeys(tps))
     try:
         marks = consumer.watermarks(tps)
