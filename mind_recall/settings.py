@@ -133,6 +133,7 @@ class Topics:
     recall_results: str = "recall-results"
     dlq: str = "recall-dlq"
     history_changelog: str = "user-history-changelog"
+    model_control: str = "model-control"  # compacted, 1 partition: `items rollout` announces the live model here
     partitions: int = _positive(4)
 
 
@@ -178,6 +179,8 @@ class Worker:
     outage_limit_s: float = _positive(300.0)
     retry_backoff_s: float = _positive(0.5)
     session_timeout_ms: int = _check(10000, lambda v: 6000 <= v <= 300000, "6000..300000 (broker group limits)")
+    follow_rollouts: bool = True  # switch to the model `items rollout` announces, without a restart
+    rollout_ready_timeout_s: float = _positive(120.0)  # give up on an announced model not servable by then
 
 
 @dataclass(frozen=True)

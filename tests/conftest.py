@@ -56,7 +56,8 @@ def milvus_uri(tmp_path: Path) -> str:
 @pytest.fixture
 def settings(kafka_bootstrap: str, unique: str, milvus_uri: str, tmp_path: Path) -> Iterator[Settings]:
     """Settings pointing at the local broker, per-test topics/groups and a per-test Milvus Lite file."""
-    topics = ["clicks", "item_embeddings", "recall_requests", "recall_results", "dlq", "history_changelog"]
+    topics = ["clicks", "item_embeddings", "recall_requests", "recall_results", "dlq", "history_changelog",
+              "model_control"]
     overrides = [f"kafka.bootstrap_servers={kafka_bootstrap}", f"milvus.uri={milvus_uri}"]
     overrides += [f"topics.{t}={unique}-{t.replace('_', '-')}" for t in topics]
     overrides += [

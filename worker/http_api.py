@@ -17,6 +17,7 @@ import math
 import socket
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,7 @@ from worker.requests import check_history
 from worker.store import StoreError
 
 log = logging.getLogger(__name__)
+OPEN_CACHE_S = 0.5  # /healthz's Milvus check and /metrics' rendering are reused this long (open endpoints)
 
 
 class InsertBody(BaseModel):
@@ -87,13 +89,14 @@ class RecallService:
             raise FileNotFoundError(f"no export at {str(export_dir)[:200]!r} ({e})") from None
         if not found:
             raise FileNotFoundError(f"no export at {str(export_dir)[:200]} (manifest.json missing)")
-        try:
-            tower = UserTower.load(export_dir, use_gpu=self.s.runner.use_gpu)
-            items: Any = self.live_items
-            if items is None or getattr(items, "model_version", None) != tower.model_version:
-                items = load_export_items(export_dir)  # no live cache of this version here: the export's vectors
+        try:  # the cheap files first: a broken export fails before the tower is built
             popular = load_popular(export_dir)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:  # a broken or partial export
+            items: Any = load_export_items(export_dir)
+            tower = UserTower.load(export_dir, use_gpu=self.s.runner.use_gpu)
+            if getattr(self.live_items, "model_version", None) == tower.model_version:
+                items = self.live_items  # the worker's live cache of this version: deletes streamed since count
+        except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, RuntimeError, zipfile.BadZipFile) as e:
+            # a broken or partial export (files missing, truncated, of another shape): the client named it
             raise BadExport(f"export at {str(export_dir)[:200]} cannot be loaded: {type(e).__name__}: {e}"[:500]) from e
         with self.lock:
             coll = self.store.collection_name(tower.model_version)
@@ -114,6 +117,22 @@ class RecallService:
         if self.metrics is not None:
             self.metrics.model_info.info({"model_version": tower.model_version})
         return info
+
+
+    def engine_for(self, export_dir: str | Path, items: Any) -> RecallEngine:
+        """An engine of this export for the HTTP path (its own tower: a predictor is not shared across
+        threads; searches chunked under the request's deadline), built by the one factory."""
+        from worker.engines import engine_for_export
+
+        return engine_for_export(
+            self.s, export_dir, store=self.store, items=items, metrics=self.metrics,
+            wrap_search=lambda search: chunked_search(search, self.s.milvus.search_chunk, lambda: self.deadline),
+        )
+
+    def use(self, engine: RecallEngine, collection: str, items: Any) -> None:
+        """Serve ``engine`` from the next request on (a hot rollout, worker/app.py)."""
+        with self.lock:
+            self.engine, self.collection, self.live_items, self.dropped = engine, collection, items, None
 
 
 class _BodyLimit:
@@ -298,12 +317,15 @@ def create_app(settings: Settings, service: RecallService) -> FastAPI:
         finally:
             service.lock.release()
 
+    checked: dict[str, Any] = {"at": -1.0, "coll": None, "problem": None}  # the last Milvus check of /healthz
+
     @app.post("/rec/insert_data", dependencies=[Depends(admin)], responses=_INSERT_RESPONSES)
     def insert_data(body: InsertBody | None = None) -> dict[str, Any]:
         """Make Milvus hold the export's item vectors (its model version's collection: every export id
         the collection lacks is written, rows present are kept; alias switched) and serve that export's
         user tower. ``rows`` is the collection's count afterwards, ``inserted`` the rows written."""
         export_dir = (body.export_dir if body else None) or w.export_dir
+        checked["at"] = -1.0  # /healthz asks Milvus again
         try:
             return service.load_export(export_dir, insert=True)
         except FileNotFoundError as e:
@@ -380,6 +402,7 @@ def create_app(settings: Settings, service: RecallService) -> FastAPI:
             if coll is None:
                 raise HTTPException(404, f"no collection {name}")
             service.store.drop(coll, force=True)  # the live one too: its alias goes with it
+            checked["at"] = -1.0
             if coll == service.collection:
                 # nothing left to search: recall and /healthz answer 503 until the next insert
                 service.engine, service.dropped = None, coll
@@ -396,31 +419,47 @@ def create_app(settings: Settings, service: RecallService) -> FastAPI:
         """The original service's name for /rec/drop (same semantics)."""
         return _drop(body)
 
+    def milvus_problem(coll: str) -> tuple[str, str] | None:
+        """(status, detail) when ``coll`` is not searchable; asked of Milvus at most every OPEN_CACHE_S
+        (/healthz is open to anyone: a flood of probes must not become a flood of Milvus calls)."""
+        now = time.monotonic()
+        if checked["coll"] != coll or now - checked["at"] > OPEN_CACHE_S:
+            try:
+                present = coll in service.store.list_collections()
+                problem = None if present else ("collection_missing", f"collection {coll} is gone")
+            except StoreError as err:
+                problem = ("milvus_unavailable", str(err)[:500])
+            checked.update(at=now, coll=coll, problem=problem)
+        return checked["problem"]  # type: ignore[no-any-return]
+
     @app.get("/healthz", responses=_HEALTH_RESPONSES)
     def healthz() -> JSONResponse:
         """200 only while a model is served and its collection exists in a reachable Milvus."""
         e, coll = service.engine, service.collection
         body: dict[str, Any] = {"status": "ok", "model_version": e.model_version if e else None, "collection": coll}
-        if e is None:
+        if e is None or coll is None:
             why = (f"collection {service.dropped} was dropped: POST /rec/insert_data" if service.dropped
                    else "no model loaded: POST /rec/insert_data")
             return JSONResponse({**body, "status": "not_serving", "detail": why}, status_code=503)
-        try:
-            present = coll in service.store.list_collections()
-        except StoreError as err:
-            return JSONResponse({**body, "status": "milvus_unavailable", "detail": str(err)[:500]}, status_code=503)
-        if not present:
-            return JSONResponse({**body, "status": "collection_missing", "detail": f"collection {coll} is gone"},
-                                status_code=503)
+        problem = milvus_problem(coll)
+        if problem is not None:
+            return JSONResponse({**body, "status": problem[0], "detail": problem[1]}, status_code=503)
         return JSONResponse(body)
+
+    exposition: dict[str, Any] = {"at": -1.0, "body": b""}
 
     @app.get("/metrics")
     def metrics() -> Response:
+        """The registry in Prometheus text format, rendered at most every OPEN_CACHE_S: a render costs
+        ~4 ms of CPU under the GIL the Kafka path shares, and the endpoint is open to anyone."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         if service.metrics is None:
             return Response(b"", media_type=CONTENT_TYPE_LATEST)
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        now = time.monotonic()
+        if now - exposition["at"] > OPEN_CACHE_S:
+            exposition.update(at=now, body=generate_latest(service.metrics.registry))
+        return Response(exposition["body"], media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(_BodyLimit, limit=h.max_body_bytes)
     # added last: the outermost. The label is the app's own route paths, any other path "other" (bounded).

@@ -145,8 +145,10 @@ class ItemWriter:
         metrics: Metrics | None = None,
         store: ItemStore | None = None,
         on_ack: Callable[[list[ItemEvent], int], None] | None = None,
+        clients: kafka_io.Clients | None = None,
     ) -> None:
         self.s = settings
+        self.clients = clients or kafka_io.Clients(settings)
         self.metrics = metrics or Metrics(namespace=settings.metrics.namespace)
         self.store = store or ItemStore(settings.milvus, self.metrics)
         self.on_ack = on_ack  # (applied events, ack epoch ms): the benchmark's freshness probe
@@ -167,14 +169,14 @@ class ItemWriter:
         """Run until stopped (or idle for ``idle_exit_s``); returns the process exit code."""
         s = self.s
         kafka_io.ensure_item_topic(s)
-        consumer = kafka_io.make_group_consumer(
-            s, s.worker.item_writer_group, session_timeout_ms=10_000, heartbeat_interval_ms=2_000
+        consumer = self.clients.group_consumer(
+            s.worker.item_writer_group, session_timeout_ms=10_000, heartbeat_interval_ms=2_000
         )
         self._consumer = consumer
         consumer.subscribe(
             [s.topics.item_embeddings], lambda _parts: None, self._on_revoked, after_assigned=self._on_assigned
         )
-        producer = kafka_io.make_producer(s)
+        producer = self.clients.producer()
         last_record = time.monotonic()
         try:
             self._startup_routes()

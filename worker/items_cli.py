@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 from mind_recall.settings import Settings
 
@@ -34,6 +35,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     r.add_argument("--export", default=None, metavar="DIR", help="export dir (default: worker.export_dir)")
     r.add_argument("--refill", action="store_true",
                    help="overwrite a collection that already has rows (reverts streamed updates and deletes)")
+    r.add_argument("--no-announce", action="store_true",
+                   help="switch the alias only: running workers keep their model until restarted")
+    r.add_argument("--gc", action="store_true",
+                   help="instead of a rollout: drop the collections of retired versions once the live one has "
+                        "been live for --grace-s")
+    r.add_argument("--grace-s", type=float, default=600.0, help="with --gc (default 600)")
     r.set_defaults(handler=_rollout)
 
     d = isub.add_parser("drop", help="drop a model version's collection (never the live one)")
@@ -60,21 +67,23 @@ def _store(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _rollout(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.rollout import RolloutError, rollout
+    from worker.kafka_io import KafkaError
+    from worker.rollout import RolloutError, announce_live, gc, rollout
     from worker.store import StoreError
 
     store = _store(settings)
     try:
-        live = rollout(
-            store,
-            args.export or settings.worker.export_dir,
-            args.model_version,
-            progress=settings.runner.progress,
-            refill=args.refill,
-        )
-        print(json.dumps({"live": live._asdict(), "alias": settings.milvus.alias}))
+        if args.gc:
+            print(json.dumps(gc(settings, store, args.grace_s)))
+            return 0
+        export = args.export or settings.worker.export_dir
+        live = rollout(store, export, args.model_version, progress=settings.runner.progress, refill=args.refill)
+        out: dict[str, Any] = {"live": live._asdict(), "alias": settings.milvus.alias}
+        if not args.no_announce:  # every worker switches to it (worker/model_watch.py)
+            out["announced"] = json.loads(announce_live(settings, store, live, export).encode())
+        print(json.dumps(out))
         return 0
-    except (RolloutError, StoreError, FileNotFoundError, ValueError) as e:
+    except (RolloutError, StoreError, FileNotFoundError, ValueError, KafkaError) as e:
         print(f"mind-recall items rollout: {e}", file=sys.stderr)
         return 1
     finally:

@@ -57,6 +57,7 @@ rd_log = logging.getLogger(__name__ + ".librdkafka")
 rd_log.addFilter(_Throttle())
 
 __all__ = [
+    "Clients",
     "CommitFailedError",
     "ConsumerRecordLike",
     "DeadLetter",
@@ -524,6 +525,23 @@ def make_reader(settings: Settings, fetch_max_wait_ms: int = 100) -> GroupConsum
         settings, f"{settings.kafka.client_id}-reader", fetch_max_wait_ms=fetch_max_wait_ms,
         extra={"enable.partition.eof": True},
     )
+
+
+@dataclass(frozen=True)
+class Clients:
+    """How a role builds its Kafka clients. The workers take one (``clients=``) instead of calling the
+    ``make_*`` functions, so a test or another client library can hand them something else."""
+
+    settings: Settings
+
+    def producer(self, **overrides: Any) -> Producer:
+        return make_producer(self.settings, **overrides)
+
+    def group_consumer(self, group_id: str, **kwargs: Any) -> GroupConsumer:
+        return make_group_consumer(self.settings, group_id, **kwargs)
+
+    def reader(self, fetch_max_wait_ms: int = 100) -> GroupConsumer:
+        return make_reader(self.settings, fetch_max_wait_ms)
 
 
 def make_admin(settings: Settings) -> KafkaAdminClient:

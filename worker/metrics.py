@@ -99,6 +99,12 @@ class Metrics:
             "consumer_lag", "Records behind the log end, summed over assigned partitions", ["topic"],
             namespace=ns, registry=reg)
         self.model_info = Info("model", "The model version being served", namespace=ns, registry=reg)
+        self.model_rollouts = Counter(
+            "model_rollouts_total", "Announced model versions this process switched to (ok) or could not serve "
+            "(failed: it kept the old one)", ["outcome"], namespace=ns, registry=reg)
+        self.model_rollout_failed = Gauge(
+            "model_rollout_failed", "1 while the last announced model version could not be served (the old one "
+            "is served)", namespace=ns, registry=reg)
         # process_cpu_seconds_total, process_resident_memory_bytes, ... (Linux /proc; no namespace, the
         # standard names): memory per worker grows with the item cache, the dashboard shows it.
         ProcessCollector(registry=reg)
@@ -108,6 +114,8 @@ class Metrics:
             self.recall_requests.labels(outcome=outcome)
         for op in MILVUS_OPS:
             self.milvus_errors.labels(op=op)
+        for outcome in ("ok", "failed"):
+            self.model_rollouts.labels(outcome=outcome)
 
     def http_observe(self, endpoint: str, status: int, seconds: float) -> None:
         """``endpoint``: one of the API's routes, or "other" (the caller keeps the label set bounded)."""

@@ -67,6 +67,7 @@ class _Batch:
     dead: list[tuple[str, DeadLetter]] = field(default_factory=list)
     changelog: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     results: Future[list[Recall]] | None = None  # one per _Pending in answers, in order
+    engine: RecallEngine | None = None  # the engine (so the model version) that answers this whole batch
 
     def results_done(self) -> bool:
         return self.results is None or self.results.done()
@@ -77,8 +78,11 @@ def now_ms() -> int:
 
 
 class RecallWorker:
-    def __init__(self, settings: Settings, engine: RecallEngine, metrics: Any = None) -> None:
+    def __init__(
+        self, settings: Settings, engine: RecallEngine, metrics: Any = None, clients: kafka_io.Clients | None = None
+    ) -> None:
         self.s = settings
+        self.clients = clients or kafka_io.Clients(settings)
         self.engine = engine
         self.metrics = metrics
         self.limits = Limits.of(settings)
@@ -118,10 +122,9 @@ class RecallWorker:
     def open(self) -> None:
         self.ensure_topics()
         w = self.s.worker
-        self.producer = kafka_io.make_producer(self.s)
-        self.restore_consumer = kafka_io.make_reader(self.s)
-        self.consumer = kafka_io.make_group_consumer(
-            self.s,
+        self.producer = self.clients.producer()
+        self.restore_consumer = self.clients.reader()
+        self.consumer = self.clients.group_consumer(
             w.group_id,
             # a broker-side wait of 500 ms (the clients' default) held requests back when partitions were idle
             fetch_max_wait_ms=w.fetch_max_wait_ms,
@@ -253,6 +256,13 @@ class RecallWorker:
     def stop(self) -> None:
         self.stop_event.set()
 
+    def swap_engine(self, engine: RecallEngine) -> RecallEngine:
+        """Serve the next batches with ``engine`` (a hot rollout, worker/model_watch.py); batches already in
+        flight finish with the engine they started with. Returns the previous engine."""
+        old, self.engine = self.engine, engine
+        log.info("recall worker: model %s -> %s from the next batch", old.model_version, engine.model_version)
+        return old
+
     def owned_partitions(self) -> set[int]:
         """Clicks partitions this member owns with their history restored (for health checks and tests)."""
         clicks = {tp.partition for tp in self.ledger.assigned if tp.topic == self.s.topics.clicks}
@@ -356,17 +366,19 @@ class RecallWorker:
                     b.answers.append(_Pending(q.request_id, q.user_id, q.ts))
         b.changelog = self.state.drain_dirty()  # this batch's history changes, published with its results
         self._stage("decode", t0)
+        # One engine per batch: a rollout (swap_engine) takes effect between batches, so a batch's results,
+        # its tower, collection, item cache and model_version all come from one model version.
+        engine = b.engine = self.engine
         if queries:
             if m is not None:
                 m.recall_batch_size.observe(len(queries))
             assert self._engine_pool is not None
             if self._encode_pool is None:
-                b.results = self._engine_pool.submit(self._retry, lambda: self.engine.recall(queries), "recall")
+                b.results = self._engine_pool.submit(self._retry, lambda: engine.recall(queries), "recall")
             else:
                 # Two single-thread stages: this batch's tower runs while the previous batch waits on
                 # Milvus (one search in flight at a time, in batch order). A failed encode surfaces in
                 # the search stage's future, as a failed recall did.
-                engine = self.engine
                 encoded = self._encode_pool.submit(self._retry, lambda: engine.encode(queries), "encode")
                 b.results = self._engine_pool.submit(self._search_stage, engine, encoded)
         return b
@@ -384,7 +396,7 @@ class RecallWorker:
             self._update_lag()
         results = b.results.result() if b.results is not None else []
         t1 = time.perf_counter()
-        version = self.engine.model_version
+        version = (b.engine or self.engine).model_version
         produced = now_ms()
         sends: list[tuple[str, bytes | None, bytes | None, int | None, list[tuple[str, bytes]] | None]] = []
         carry = self.ledger.take_changelog_carry()
@@ -553,12 +565,13 @@ def build_engine(
     items: Any = None,
     metrics: Any = None,
     load_items: bool = False,
+    per_request: bool = False,
 ) -> tuple[RecallEngine, Any, Any]:
-    """Tower + item lookup + Milvus search for one export; returns (engine, store, item follower or None)."""
-    from model.tower import UserTower
-    from worker.recall import load_into_store, load_popular, store_search
+    """Tower + item lookup + Milvus search for one export (worker/engines.py); returns (engine, store, item
+    follower or None)."""
+    from worker.engines import engine_for_export
+    from worker.recall import load_into_store
 
-    tower = UserTower.load(str(export_dir), use_gpu=settings.runner.use_gpu)
     follower = None
     if items is None:
         from worker.items import start_item_cache
@@ -568,21 +581,12 @@ def build_engine(
         from worker.store import ItemStore
 
         store = ItemStore(settings.milvus, metrics)
-    coll = store.collection_name(tower.model_version)
     if load_items:
-        coll, n = load_into_store(store, export_dir)
-        log.info("loaded %d item vectors into %s", n, coll)
+        load_into_store(store, export_dir)  # it logs what it loaded, or why it did not
+    engine = engine_for_export(settings, export_dir, store=store, items=items, metrics=metrics, per_request=per_request)
+    coll = store.collection_name(engine.model_version)
     if metrics is not None:
-        metrics.model_info.info({"model_version": tower.model_version})
-    engine = RecallEngine(
-        tower,
-        store_search(store, coll),
-        items,
-        load_popular(export_dir)[: settings.worker.cold_start_size * 4],
-        exclude_seen=settings.worker.exclude_seen,
-        metrics=metrics,
-        min_topn=store.free_topn(),
-    )
+        metrics.model_info.info({"model_version": engine.model_version})
     t0 = time.perf_counter()
     try:
         if coll not in store.list_collections():  # items still to come through the item topic (the demo)

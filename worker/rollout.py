@@ -1,10 +1,10 @@
 """Model rollout for item vectors: fill the new version's collection, wait until it is searchable,
-switch the alias atomically, keep the old collection until ``items drop``.
+switch the alias atomically, announce the new model on the control topic (worker/model_watch.py: every
+worker switches to it without a restart), and drop retired collections after a grace period (``gc``).
 
 Searches that name the alias see either the old or the new collection, never a mix: Milvus resolves
-the alias per request. The recall worker pins the collection of its own tower's model_version at start
-(so a result's hits and its ``model_version`` always agree) and serves a rolled-out version after a
-restart with the new export.
+the alias per request. A recall engine searches the collection of its own tower's model_version by name,
+so a result's hits and its ``model_version`` always agree, before, during and after a switch.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from worker import model_watch
 from worker.items import load_export
+from worker.model_watch import Announcement
 from worker.store import ItemStore, LiveCollection, StoreError
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,43 @@ def rollout(
         old.collection if old else "none",
     )
     return LiveCollection(name, version, dim)
+
+
+def announce_live(settings: Any, store: ItemStore, live: LiveCollection, export_dir: str | Path) -> Announcement:
+    """Tell every worker (worker/model_watch.py) to serve ``live`` from ``export_dir`` (made absolute: the
+    workers resolve it, not this process). The version served before joins ``retired`` (for ``gc``)."""
+    prev = model_watch.latest(settings)
+    retired = list(prev.retired) if prev else []
+    if prev is not None and prev.model_version != live.model_version and prev.model_version not in retired:
+        retired.append(prev.model_version)
+    retired = [v for v in retired if v != live.model_version]
+    ann = Announcement(live.model_version, str(Path(export_dir).resolve()), store.count(live.collection),
+                       int(time.time() * 1000), tuple(retired))
+    model_watch.announce(settings, ann)
+    return ann
+
+
+def gc(settings: Any, store: ItemStore, grace_s: float) -> dict[str, Any]:
+    """Drop the collections of retired versions once the live one has been live for ``grace_s`` (workers
+    still finishing a batch of the old version meanwhile, or rolled back to it, find it there)."""
+    ann = model_watch.latest(settings)
+    if ann is None:
+        return {"dropped": [], "why": "no model announced on the control topic"}
+    live_for = time.time() - ann.ts / 1000
+    if live_for < grace_s:
+        return {"dropped": [], "why": f"{ann.model_version} live for {live_for:.0f}s < --grace-s {grace_s:g}"}
+    live = store.live()
+    names = set(store.list_collections())
+    dropped = []
+    for version in ann.retired:
+        name = store.collection_name(version)
+        if version != ann.model_version and name in names and (live is None or live.collection != name):
+            store.drop(name)
+            dropped.append(name)
+    if ann.retired:  # forget them, so the next gc has nothing left to do (the workers ignore a same-version record)
+        model_watch.announce(settings, Announcement(ann.model_version, ann.export_dir, ann.rows, ann.ts))
+    log.info("gc: dropped %s (live: %s)", dropped or "nothing", ann.model_version)
+    return {"dropped": dropped, "live": ann.model_version}
 
 
 def drop_version(store: ItemStore, model_version: str) -> str:
