@@ -462,7 +462,10 @@ class ItemStore:
 
     def resolve(self, name: str) -> str | None:
         """The collection ``name`` means: itself, the one the alias points to when it is the alias
-        (``/rec/count {"collection": "items"}``), None when neither exists."""
+        (``/rec/count {"collection": "items"}``), None when neither exists. A name without
+        ``milvus.collection_prefix`` is no item collection: None without asking Milvus."""
+        if name != self.cfg.alias and not name.startswith(self.cfg.collection_prefix):
+            return None
         if name in self.list_collections():
             return name
         if name == self.cfg.alias:

@@ -165,6 +165,7 @@ def test_drop_then_a_streamed_upsert_then_insert_restores_the_whole_export(
     assert again["rows"] == EXPORT_ROWS and again["inserted"] == 0
     # a collection dropped behind the API's back (another process, a server) is reported, not "ok"
     store.drop(coll, force=True)
+    time.sleep(0.6)  # /healthz asks Milvus at most every 0.5 s (http_api.OPEN_CACHE_S)
     health = client.get("/healthz")
     assert health.status_code == 503 and health.json()["status"] == "collection_missing"
 
