@@ -81,14 +81,10 @@ def build_model(
 def committed(s: Settings, topic: str) -> int:
     from worker import kafka_io
 
-    admin = kafka_io.make_admin(s)
     try:
-        offsets = admin.list_group_offsets(s.worker.group_id).get(s.worker.group_id, {})
+        return sum(kafka_io.committed_offsets(s, s.worker.group_id, topic).values())
     except kafka_io.KafkaError:
         return -1
-    finally:
-        admin.close()
-    return sum(o.offset for tp, o in offsets.items() if tp.topic == topic)
 
 
 def is_server(uri: str) -> bool:
@@ -442,14 +438,9 @@ def drop_topics(s: Settings, prefix: str) -> None:
     from worker import kafka_io
 
     try:
-        admin = kafka_io.make_admin(s)
-        try:
-            mine = [t for t in admin.list_topics() if t.startswith(prefix)]
-            if mine:
-                admin.delete_topics(mine)
-            log(f"deleted {len(mine)} topics {prefix}*")
-        finally:
-            admin.close()
+        mine = [t for t in kafka_io.list_topics(s) if t.startswith(prefix)]
+        kafka_io.delete_topics(s, mine)
+        log(f"deleted {len(mine)} topics {prefix}*")
     except Exception as e:  # the results are already measured
         log(f"could not delete the topics {prefix}*: {e}")
 

@@ -1,8 +1,10 @@
-"""Every Kafka client call goes through this module, so the client choice stays cheap to change.
+"""Every Kafka client call goes through this module, so the client choice stays cheap to change. Its types
+(``TopicPartition``, ``KafkaError``, ``CommitFailedError``, ``PermanentKafkaError``, ``Record``) are the
+boundary's: no client library's types leak past it.
 
-Consumers (librdkafka, confluent-kafka) never auto-commit: callers commit only after their effect is
-durable. kafka-python is left for admin calls (topic creation) and ``make_consumer``, which tests use as an
-independent client to check what the workers wrote.
+Every client is librdkafka's (confluent-kafka). Consumers never auto-commit: callers commit only after
+their effect is durable. kafka-python is a test dependency only: the tests' independent reader
+(tests/integration/worker/recall_testkit.py) checks what the workers wrote with another client.
 Producers are librdkafka's (confluent-kafka) behind a small kafka-python-like ``send``/``flush``: with
 kafka-python's pure-Python producer, publishing cost the recall worker and the load generator more CPU
 than anything but the engine (docs/benchmarks.md). acks=all with idempotence, and Java's murmur2
@@ -19,16 +21,27 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import confluent_kafka
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.admin import NewTopic
-from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from mind_recall.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+class KafkaError(Exception):
+    """A Kafka call failed (broker away, timeout, refused): worth waiting out (worker/outage.py)."""
+
+
+class CommitFailedError(KafkaError):
+    """The commit was refused because the group moved on (a rebalance): the partition's new owner re-reads."""
 
 
 class _Throttle(logging.Filter):
@@ -67,10 +80,10 @@ __all__ = [
     "Producer",
     "Record",
     "TopicPartition",
-    "client_config",
+    "committed_offsets",
+    "delete_topics",
     "ensure_topics",
-    "make_admin",
-    "make_consumer",
+    "list_topics",
     "make_group_consumer",
     "make_producer",
     "make_reader",
@@ -106,49 +119,8 @@ def _delivery_error(err: Any) -> KafkaError:
     return cls(f"delivery failed: {err}")
 
 
-def client_config(settings: Settings) -> dict[str, Any]:
-    """Connection settings shared by consumers, producers and the admin client (secrets included)."""
-    k = settings.kafka
-    cfg: dict[str, Any] = {
-        "bootstrap_servers": [s.strip() for s in k.bootstrap_servers.split(",") if s.strip()],
-        "client_id": k.client_id,
-        "security_protocol": k.security_protocol,
-        "request_timeout_ms": k.request_timeout_ms,
-        # kafka-python doubles its reconnect backoff up to 30 s by default: after a 10 s broker outage the
-        # workers then found the group coordinator again only ~30 s after the broker was back. Cap it.
-        "reconnect_backoff_max_ms": 2000,
-    }
-    if k.security_protocol.startswith("SASL"):
-        cfg.update(
-            sasl_mechanism=k.sasl_mechanism,
-            sasl_plain_username=k.sasl_username,
-            sasl_plain_password=k.sasl_password,
-        )
-    if k.security_protocol.endswith("SSL") and k.ssl_cafile:
-        cfg["ssl_cafile"] = k.ssl_cafile
-    return cfg
-
-
-def make_consumer(
-    settings: Settings, topics: Iterable[str] | None, group_id: str | None, **overrides: Any
-) -> KafkaConsumer:
-    """A manual-commit consumer reading raw bytes; ``topics=None`` leaves subscription to the caller."""
-    cfg = client_config(settings)
-    cfg.update(
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=max(1_048_576, settings.worker.max_record_bytes * 2),
-    )
-    cfg.update(overrides)
-    consumer = KafkaConsumer(**cfg)
-    if topics is not None:
-        consumer.subscribe(list(topics))
-    return consumer
-
-
 def rd_config(settings: Settings) -> dict[str, Any]:
-    """``client_config`` in librdkafka's names (secrets included)."""
+    """Connection settings shared by every client, in librdkafka's names (secrets included)."""
     k = settings.kafka
     cfg: dict[str, Any] = {
         "bootstrap.servers": k.bootstrap_servers,
@@ -373,7 +345,7 @@ class GroupConsumer:
             err = m.error()
             if err is not None:
                 if err.code() == confluent_kafka.KafkaError._PARTITION_EOF:  # enable.partition.eof (readers)
-                    self._eof[TopicPartition(m.topic(), m.partition())] = m.offset() or 0
+                    self._eof[TopicPartition(str(m.topic()), int(m.partition() or 0))] = m.offset() or 0
                     continue
                 if err.fatal():
                     raise KafkaError(f"consumer error: {err}")
@@ -544,8 +516,15 @@ class Clients:
         return make_reader(self.settings, fetch_max_wait_ms)
 
 
-def make_admin(settings: Settings) -> KafkaAdminClient:
-    return KafkaAdminClient(**client_config(settings))
+def _admin(settings: Settings) -> AdminClient:
+    return AdminClient(rd_config(settings), logger=rd_log)
+
+
+def list_topics(settings: Settings, timeout_s: float = 10.0) -> set[str]:
+    try:
+        return set(_admin(settings).list_topics(timeout=timeout_s).topics)
+    except confluent_kafka.KafkaException as e:
+        raise KafkaError(f"listing topics: {e}") from e
 
 
 def ensure_topics(
@@ -555,25 +534,56 @@ def ensure_topics(
     timeout_s: float = 30.0,
 ) -> None:
     """Create missing topics (name -> partitions); existing ones are left as they are."""
-    admin = make_admin(settings)
+    admin = _admin(settings)
     try:
-        existing = set(admin.list_topics())
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
         new = [
-            NewTopic(name, num_partitions=n, replication_factor=1, topic_configs=dict((configs or {}).get(name, {})))
+            NewTopic(name, num_partitions=n, replication_factor=1, config=dict((configs or {}).get(name, {})))
             for name, n in topics.items()
             if name not in existing
         ]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+        for name, future in (admin.create_topics(new, operation_timeout=timeout_s) if new else {}).items():
+            try:
+                future.result(timeout=timeout_s)
+            except confluent_kafka.KafkaException as e:
+                err = e.args[0] if e.args else None
+                if not (isinstance(err, confluent_kafka.KafkaError)
+                        and err.code() == confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS):
+                    raise KafkaError(f"creating topic {name}: {e}") from e
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:  # metadata propagates asynchronously
-            if set(topics) <= set(admin.list_topics()):
+            missing = set(topics) - set(admin.list_topics(timeout=timeout_s).topics)
+            if not missing:
                 return
             time.sleep(0.1)
-        raise KafkaError(f"topics not visible after {timeout_s}s: {sorted(set(topics) - set(admin.list_topics()))}")
+        raise KafkaError(f"topics not visible after {timeout_s}s: {sorted(missing)}")
+    except confluent_kafka.KafkaException as e:
+        raise KafkaError(f"ensure topics: {e}") from e
+
+
+def delete_topics(settings: Settings, names: Iterable[str], timeout_s: float = 30.0) -> None:
+    names = list(names)
+    if not names:
+        return
+    for name, future in _admin(settings).delete_topics(names, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except confluent_kafka.KafkaException as e:
+            raise KafkaError(f"deleting topic {name}: {e}") from e
+
+
+def committed_offsets(settings: Settings, group_id: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic`` (partitions without one are left out). Asked
+    by a consumer with the group's id that never joins the group."""
+    c = make_group_consumer(settings, group_id)
+    try:
+        parts = c.partitions_for_topic(topic, timeout_s)
+        if parts is None:
+            raise KafkaError(f"no metadata for {topic}")
+        got = c.committed([TopicPartition(topic, p) for p in sorted(parts)], timeout_s)
+        return {tp.partition: off for tp, off in got.items() if off is not None}
     finally:
-        admin.close()
+        c.close()
 
 
 class ConsumerRecordLike:  # documentation only: the attributes the workers read from kafka records

@@ -100,18 +100,55 @@ def same_ranking(got: list[dict[str, Any]], want: list[tuple[int, float]], tol: 
     return all(abs(scores[i] - cut) <= tol for i in differ)
 
 
-def read_topic(settings: Any, topic: str, want: int, timeout_s: float = 30.0, match: Any = None) -> list[Any]:
-    """Read records of ``topic`` from the beginning until ``want`` match (or the timeout)."""
+def make_consumer(settings: Any, topics: Iterable[str] | None, group_id: str | None, **overrides: Any) -> Any:
+    """The tests' independent reader: kafka-python (a test dependency only), a manual-commit consumer of raw
+    bytes; ``topics=None`` leaves assignment to the caller. Use ``KTopicPartition`` with it."""
+    from kafka import KafkaConsumer
+
+    k = settings.kafka
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": [h.strip() for h in k.bootstrap_servers.split(",") if h.strip()],
+        "client_id": k.client_id, "security_protocol": k.security_protocol,
+        "request_timeout_ms": k.request_timeout_ms, "reconnect_backoff_max_ms": 2000,
+        "group_id": group_id, "enable_auto_commit": False, "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": max(1_048_576, settings.worker.max_record_bytes * 2),
+    }
+    if k.security_protocol.startswith("SASL"):
+        cfg.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
+                   sasl_plain_password=k.sasl_password)
+    cfg.update(overrides)
+    consumer = KafkaConsumer(**cfg)
+    if topics is not None:
+        consumer.subscribe(list(topics))
+    return consumer
+
+
+def KTopicPartition(topic: str, partition: int) -> Any:
+    from kafka import TopicPartition
+
+    return TopicPartition(topic, partition)
+
+
+def committed_total(settings: Any, group: str, topic: str) -> int:
+    """Sum of ``group``'s committed offsets on ``topic``; -1 when the broker cannot tell (e.g. restarting)."""
     from worker import kafka_io
 
-    c = kafka_io.make_consumer(settings, None, None)
+    try:
+        return sum(kafka_io.committed_offsets(settings, group, topic).values())
+    except kafka_io.KafkaError:
+        return -1
+
+
+def read_topic(settings: Any, topic: str, want: int, timeout_s: float = 30.0, match: Any = None) -> list[Any]:
+    """Read records of ``topic`` from the beginning until ``want`` match (or the timeout)."""
+    c = make_consumer(settings, None, None)
     try:
         parts = c.partitions_for_topic(topic) or set()
         deadline = time.monotonic() + timeout_s
         while not parts and time.monotonic() < deadline:
             time.sleep(0.2)
             parts = c.partitions_for_topic(topic) or set()
-        tps = [kafka_io.TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [KTopicPartition(topic, p) for p in sorted(parts)]
         c.assign(tps)
         c.seek_to_beginning(*tps)
         out: list[Any] = []

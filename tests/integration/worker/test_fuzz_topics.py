@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from recall_testkit import Running
+from recall_testkit import Running, committed_total
 
 from mind_recall.settings import Settings
 from worker import kafka_io
@@ -205,11 +205,7 @@ def _read_to_end(settings: Settings, topic: str, timeout_s: float = 60) -> list[
 
 
 def _committed(settings: Settings, group: str, topic: str) -> int:
-    c = kafka_io.make_consumer(settings, None, group)
-    try:
-        return sum(c.committed(kafka_io.TopicPartition(topic, p)) or 0 for p in c.partitions_for_topic(topic) or ())
-    finally:
-        c.close()
+    return committed_total(settings, group, topic)
 
 
 def _dead_offsets(dlq: list[Any], topic: str) -> set[int]:

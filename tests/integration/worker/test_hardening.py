@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from recall_testkit import Running, read_topic, results_by_id
+from recall_testkit import Running, committed_total, read_topic, results_by_id
 
 from mind_recall.settings import Settings
 from worker import kafka_io
@@ -65,11 +65,7 @@ def _dlq(settings: Settings, want: int, timeout_s: float = 30.0) -> list[Any]:
 
 
 def _committed(settings: Settings, group: str, topic: str) -> int:
-    c = kafka_io.make_consumer(settings, None, group)
-    try:
-        return sum(c.committed(kafka_io.TopicPartition(topic, p)) or 0 for p in c.partitions_for_topic(topic) or ())
-    finally:
-        c.close()
+    return committed_total(settings, group, topic)
 
 
 def _assert_cut_copy(record: Any, original: bytes, topic: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from recall_testkit import assert_store_state, expected_state
+from recall_testkit import assert_store_state, committed_total, expected_state, make_consumer
 
 from mind_recall.settings import Settings
 from producers.items import publish, synthetic_updates
@@ -32,16 +32,7 @@ DIM = 16
 
 
 def _committed(settings: Settings) -> int:
-    c = kafka_io.make_consumer(settings, None, settings.worker.item_writer_group)
-    try:
-        parts = c.partitions_for_topic(settings.topics.item_embeddings) or set()
-        total = 0
-        for p in parts:
-            off = c.committed(kafka_io.TopicPartition(settings.topics.item_embeddings, p))
-            total += off or 0
-        return total
-    finally:
-        c.close()
+    return max(0, committed_total(settings, settings.worker.item_writer_group, settings.topics.item_embeddings))
 
 
 def _writer_proc(
@@ -231,7 +222,7 @@ def test_bad_records_go_to_dlq_with_reason_and_neighbours_apply(settings: Settin
     writer = ItemWriter(s, metrics)
     assert writer.run(idle_exit_s=2.0) == 0 and writer.committed == 2 * len(bad) + 1
 
-    reader = kafka_io.make_consumer(s, [s.topics.dlq], s.worker.item_writer_group + "-dlq-reader")
+    reader = make_consumer(s, [s.topics.dlq], s.worker.item_writer_group + "-dlq-reader")
     got: list = []
     deadline = time.monotonic() + 30
     while len(got) < len(bad) and time.monotonic() < deadline:

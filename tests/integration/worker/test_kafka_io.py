@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+from recall_testkit import make_consumer
+
 from mind_recall.settings import Settings
 from worker import kafka_io
 
@@ -59,14 +61,14 @@ def test_dead_letter_keeps_bytes_and_reason(settings: Settings) -> None:
     producer = kafka_io.make_producer(settings)
     producer.send(src, key=b"42", value=b"\xffnot json")
     producer.flush()
-    consumer = kafka_io.make_consumer(settings, [src], settings.worker.group_id)
+    consumer = make_consumer(settings, [src], settings.worker.group_id)
     (record,) = _drain(consumer, 1)
     dead = kafka_io.DeadLetter.of(record, "ValueError", "not_json: Expecting value")
-    kafka_io.send_dead_letter(producer, dlq, dead)
+    kafka_io.send_dead_letter(producer, dlq, dead, settings.worker.dlq_max_bytes)
     producer.flush()
     consumer.close()
 
-    reader = kafka_io.make_consumer(settings, [dlq], settings.worker.group_id + "-dlq")
+    reader = make_consumer(settings, [dlq], settings.worker.group_id + "-dlq")
     (out,) = _drain(reader, 1)
     reader.close()
     producer.close()
@@ -88,11 +90,11 @@ def test_dead_letter_of_a_record_with_neither_key_nor_value(settings: Settings) 
     record = SimpleNamespace(topic="clicks", partition=0, offset=7, key=None, value=None)
     dead = kafka_io.DeadLetter.of(record, "not_json", "not_json: null value")
     producer = kafka_io.make_producer(settings)
-    delivery = kafka_io.send_dead_letter(producer, dlq, dead)
+    delivery = kafka_io.send_dead_letter(producer, dlq, dead, settings.worker.dlq_max_bytes)
     producer.flush(timeout=30)
     assert delivery.succeeded(), delivery.exception
     producer.close()
-    reader = kafka_io.make_consumer(settings, [dlq], settings.worker.group_id + "-dlq")
+    reader = make_consumer(settings, [dlq], settings.worker.group_id + "-dlq")
     (out,) = _drain(reader, 1)
     reader.close()
     headers = {k: v.decode() for k, v in out.headers}
@@ -113,7 +115,7 @@ def test_producer_partitions_keys_like_the_java_client(settings: Settings) -> No
     for k in keys:
         producer.send(topic, key=k, value=b"x")
     producer.flush(timeout=30)
-    reader = kafka_io.make_consumer(settings, [topic], settings.worker.group_id + "-part")
+    reader = make_consumer(settings, [topic], settings.worker.group_id + "-part")
     got = _drain(reader, len(keys))
     reader.close()
     want = {k: (murmur2(k) & 0x7FFFFFFF) % 4 for k in keys}

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from recall_testkit import assert_store_state, expected_state, spawn_recall_worker, stop_process
+from recall_testkit import (
+    KTopicPartition,
+    assert_store_state,
+    committed_total,
+    expected_state,
+    make_consumer,
+    spawn_recall_worker,
+    stop_process,
+)
 
 from mind_recall.settings import Settings, load
 from producers.items import synthetic_updates
@@ -158,16 +166,8 @@ def _busiest(before: dict[str, float], after: dict[str, float]) -> list[tuple[st
 
 
 def _committed(settings: Settings) -> int:
-    """The writer group's committed offsets on the item topic (needs the broker up)."""
-    admin = kafka_io.make_admin(settings)
-    try:
-        group = settings.worker.item_writer_group
-        offsets = admin.list_group_offsets(group).get(group, {})
-    except kafka_io.KafkaError:  # e.g. the coordinator is still loading after a (re)start
-        return -1
-    finally:
-        admin.close()
-    return sum(o.offset for tp, o in offsets.items() if tp.topic == settings.topics.item_embeddings)
+    """The writer group's committed offsets on the item topic (-1 while the broker cannot tell)."""
+    return committed_total(settings, settings.worker.item_writer_group, settings.topics.item_embeddings)
 
 
 class Publisher(threading.Thread):
@@ -311,10 +311,10 @@ def _spawn_recall(s: Settings, tmp: Path, export: Path) -> tuple[subprocess.Pope
 def _result_ids(s: Settings, topic: str | None = None) -> list[str]:
     """request_id of every record on the results (or another) topic, read to its end (duplicates kept)."""
     topic = topic or s.topics.recall_results
-    c = kafka_io.make_consumer(s, None, None)
+    c = make_consumer(s, None, None)
     try:
         parts = c.partitions_for_topic(topic) or set()
-        tps = [kafka_io.TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [KTopicPartition(topic, p) for p in sorted(parts)]
         c.assign(tps)
         c.seek_to_beginning(*tps)
         end = c.end_offsets(tps, timeout_ms=10_000)

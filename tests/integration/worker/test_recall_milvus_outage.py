@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from recall_testkit import spawn_recall_worker, stop_process
+from recall_testkit import KTopicPartition, committed_total, make_consumer, spawn_recall_worker, stop_process
 
 from mind_recall.settings import Settings
 from worker import kafka_io
@@ -100,10 +100,10 @@ def _send(s: Settings, prefix: str, n: int) -> set[str]:
 
 def _results(s: Settings) -> list[dict[str, Any]]:
     """Every record on the results topic, read to its end (duplicates kept)."""
-    c = kafka_io.make_consumer(s, None, None)
+    c = make_consumer(s, None, None)
     try:
         parts = c.partitions_for_topic(s.topics.recall_results) or set()
-        tps = [kafka_io.TopicPartition(s.topics.recall_results, p) for p in sorted(parts)]
+        tps = [KTopicPartition(s.topics.recall_results, p) for p in sorted(parts)]
         c.assign(tps)
         c.seek_to_beginning(*tps)
         end = c.end_offsets(tps, timeout_ms=10_000)
@@ -122,12 +122,7 @@ def _ids(s: Settings) -> list[str]:
 
 
 def _committed(s: Settings) -> int:
-    admin = kafka_io.make_admin(s)
-    try:
-        offsets = admin.list_group_offsets(s.worker.group_id).get(s.worker.group_id, {})
-    finally:
-        admin.close()
-    return sum(o.offset for tp, o in offsets.items() if tp.topic == s.topics.recall_requests)
+    return committed_total(s, s.worker.group_id, s.topics.recall_requests)
 
 
 def _setup(settings: Settings, milvus: MilvusServer) -> Settings:

@@ -16,6 +16,7 @@ import pytest
 from recall_testkit import (
     Reference,
     Running,
+    committed_total,
     read_topic,
     results_by_id,
     same_ranking,
@@ -301,15 +302,8 @@ def test_rebalance_with_batches_in_flight_drops_and_rereads_them(
 
 
 def _committed(s: Settings, topic: str) -> int:
-    """Sum of the worker group's committed offsets on ``topic``."""
-    admin = kafka_io.make_admin(s)
-    try:
-        offsets = admin.list_group_offsets(s.worker.group_id).get(s.worker.group_id, {})
-    except kafka_io.KafkaError:
-        return -1
-    finally:
-        admin.close()
-    return sum(o.offset for tp, o in offsets.items() if tp.topic == topic)
+    """Sum of the worker group's committed offsets on ``topic`` (-1 while the broker cannot tell)."""
+    return committed_total(s, s.worker.group_id, topic)
 
 
 def _spawn(s: Settings, name: str, tmp: Path, export: Path) -> tuple[subprocess.Popen[bytes], Path]:
