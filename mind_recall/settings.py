@@ -190,8 +190,8 @@ class Http:
     token: str = _secret()
     max_body_bytes: int = _positive(4_194_304)
     max_histories: int = _positive(1024)
-    # histories x top_k of one /rec/recall: the search work one call may ask for (over it: 413)
-    max_recall_work: int = _positive(65_536)
+    # query vectors x hits of one /rec/recall's search (histories x K x (top_k + seen/4 + 2)); over it: 413
+    max_recall_work: int = _positive(262_144)
 
 
 @dataclass(frozen=True)

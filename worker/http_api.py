@@ -4,7 +4,7 @@ Endpoints keep the original service's names: POST /rec/insert_data, /rec/recall,
 /rec/drop (+ /qa/drop), plus GET /healthz, /metrics and the OpenAPI UI at /docs. With http.token
 set, every /rec and /qa call needs ``Authorization: Bearer <token>`` (compared in constant time);
 /healthz, /metrics and /docs stay open for probes and scrapers. Bodies over http.max_body_bytes and
-recalls over http.max_recall_work (histories x top_k) get 413; list sizes and top_k outside their
+recalls whose search (vectors x hits) is over http.max_recall_work get 413; list sizes and top_k outside their
 limits get 422; Milvus down or slow gets 503 / 504. Every error answer is JSON with a ``detail``; a
 500 means a bug (the last-resort handler logs it).
 """
@@ -223,7 +223,7 @@ _BODY: Responses = {413: _err("body over http.max_body_bytes")}
 _MILVUS: Responses = {503: _err("Milvus unavailable, or another call held the service past milvus.timeout_s")}
 _RECALL_RESPONSES: Responses = {
     **_AUTH,
-    413: _err("body over http.max_body_bytes, or histories x top_k over http.max_recall_work"),
+    413: _err("body over http.max_body_bytes, or the search (vectors x hits) over http.max_recall_work"),
     503: _err("no model served (POST /rec/insert_data first), Milvus unavailable, or the service busy"),
     504: _err("the searches ran past milvus.timeout_s"),
 }
@@ -340,13 +340,6 @@ def create_app(settings: Settings, service: RecallService) -> FastAPI:
             raise HTTPException(422, f"top_k must be in [1, {w.max_top_k}]")
         if not 1 <= len(body.hist_item) <= h.max_histories:
             raise HTTPException(422, f"hist_item must hold 1..{h.max_histories} histories")
-        work = len(body.hist_item) * body.top_k
-        if work > h.max_recall_work:
-            raise HTTPException(
-                413,
-                f"{len(body.hist_item)} histories x top_k {body.top_k} = {work} > http.max_recall_work="
-                f"{h.max_recall_work}: send fewer histories per call or a smaller top_k",
-            )
         queries = []
         for i, hist in enumerate(body.hist_item):
             ids, err = check_history(hist, w.max_hist)
@@ -357,6 +350,14 @@ def create_app(settings: Settings, service: RecallService) -> FastAPI:
             engine = service.engine
             if engine is None:
                 raise HTTPException(503, "no model served: POST /rec/insert_data first")
+            n_vectors, hits = engine.search_size(queries)
+            if n_vectors * hits > h.max_recall_work:
+                raise HTTPException(
+                    413,
+                    f"this recall would search {len(queries)} histories x {engine.tower.k} interests = {n_vectors}"
+                    f" vectors x {hits} hits (top_k + seen/4 + 2) = {n_vectors * hits} > http.max_recall_work="
+                    f"{h.max_recall_work}: send fewer histories per call, or a smaller top_k",
+                )
             service.deadline = time.monotonic() + timeout_s
             try:
                 results = engine.recall(queries)

@@ -263,6 +263,16 @@ class RecallEngine:
             if self.metrics is not None:
                 self.metrics.recall_stage.labels(stage=name).observe(secs)
 
+    def search_size(self, queries: Sequence[Query]) -> tuple[int, int]:
+        """(query vectors, hits per vector) of the first search :meth:`recall` would send for ``queries``
+        (every history counted as usable, K interests each): Milvus Lite's time grows with their product
+        (4096 x 602 took ~90 s), so the HTTP API budgets it (http.max_recall_work)."""
+        if not queries:
+            return 0, 0
+        seen = [np.unique(q.history).size if self.exclude_seen and q.history is not None else 0 for q in queries]
+        need = max(q.top_k + (sn + 3) // 4 for q, sn in zip(queries, seen, strict=True)) + SEARCH_MARGIN
+        return len(queries) * int(self.tower.k), min(max(need, min(self.min_topn, 4 * need)), MAX_SEARCH_TOPN)
+
     def warm_up(self) -> None:
         """One recall of a popular-items history before serving: it opens the Milvus connection, loads
         the collection and runs the tower, which otherwise made the first real requests 0.3-0.7 s slow."""

@@ -210,7 +210,7 @@ def test_fuzz_every_endpoint_never_500(
         f"http.token={TOKEN}",
         "http.max_body_bytes=20000",
         "http.max_histories=8",
-        "http.max_recall_work=200",
+        "http.max_recall_work=3000",
         "worker.max_hist=30",
         "worker.max_top_k=60",
     )

@@ -61,15 +61,22 @@ def test_the_abusive_recall_is_refused_at_once_and_the_service_keeps_answering(
     took = time.monotonic() - t0
     assert r.status_code == 413, r.text[:300]
     detail = r.json()["detail"]
-    assert "http.max_recall_work=65536" in detail and "1024 histories x top_k 500 = 512000" in detail
+    assert "1024 histories x 4 interests = 4096 vectors x 602 hits" in detail, detail  # 500 + 399/4 + 2
+    assert "= 2465792 > http.max_recall_work=262144" in detail, detail
     assert took < 5, took  # parsed and refused; nothing reached Milvus (it took 11 s and a 500 before)
     t0 = time.monotonic()
     assert len(_ok_recall(client)["results"][0]["items"]) == 10
     assert time.monotonic() - t0 < 2
-    # right at the budget is served: 128 histories x top_k 500 = 64000
-    r = client.post("/rec/recall", json={"top_k": 500, "hist_item": [list(range(1, 400))] * 128})
+    # within the budget is served (20 x 4 x 602 = 48160); the boundary: 108 histories (260064) would be
+    # searched, 109 (262472) is refused
+    r = client.post("/rec/recall", json={"top_k": 500, "hist_item": [list(range(1, 400))] * 20})
     assert r.status_code == 200, r.text[:300]
-    assert len(r.json()["results"]) == 128
+    assert len(r.json()["results"]) == 20
+    r = client.post("/rec/recall", json={"top_k": 500, "hist_item": [list(range(1, 400))] * 109})
+    assert r.status_code == 413 and "= 262472 >" in r.json()["detail"]
+    # the hits count the seen ids (exclude_seen): 1024 one-id histories at top_k 62 are 4096 x 65 hits
+    r = client.post("/rec/recall", json={"top_k": 62, "hist_item": [[3]] * 1024})
+    assert r.status_code == 413 and "x 65 hits" in r.json()["detail"]  # 62 + ceil(1/4) + 2
 
 
 @pytest.mark.parametrize(
