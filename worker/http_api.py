@@ -118,7 +118,6 @@ class RecallService:
             self.metrics.model_info.info({"model_version": tower.model_version})
         return info
 
-
     def engine_for(self, export_dir: str | Path, items: Any) -> RecallEngine:
         """An engine of this export for the HTTP path (its own tower: a predictor is not shared across
         threads; searches chunked under the request's deadline), built by the one factory."""
