@@ -36,7 +36,9 @@ _GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: 2^64 / golden ratio
 _M64 = (1 << 64) - 1
 _RANGE = {"B": (0, 1 << 8), "H": (0, 1 << 16), "i": (-(1 << 31), 1 << 31), "q": (-(1 << 63), 1 << 63)}
 _INT64 = _RANGE["q"]
+_TS_LO, _TS_HI = _INT64
 _WIDER = {"B": "H", "H": "i", "i": "q"}
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # what json.dumps(..., separators=...) builds on every call
 
 
 def _zeros(code: str, n: int) -> array:
@@ -69,14 +71,15 @@ class HistoryState:
         self._cols: dict[str, list[array]] = {name: [] for name in self._codes}
         self._key, self._part, self._off = self._cols["key"], self._cols["part"], self._cols["off"]
         self._ts, self._len, self._head = self._cols["ts"], self._cols["len"], self._cols["head"]
-        self._items: list[np.ndarray] = []
-        self._item_dtype: type[np.signedinteger] = np.int32
+        self._items: list[array] = []  # row r's ring: items[r >> _SHIFT][(r & _LOW) * maxlen :][:maxlen]
+        self._icode = "i"
         self._item_range = _RANGE["i"]
         self._n = 0  # rows in use: 0 .. n-1
         self._cap = 0  # rows allocated
         self._seed = secrets.randbits(64)  # ids are client input: unknown seed, no crafted probe chains
         self._slots = _zeros("i", 1 << _MIN_BITS)  # row + 1; 0: empty
-        self._bits = _MIN_BITS
+        self._bits, self._hshift = _MIN_BITS, 64 - _MIN_BITS
+        self._off_range = _RANGE["i"]
         self._counts: dict[int, int] = {}  # partition held -> its users
         self._dirty: dict[int, set[int]] = {}  # partition -> users changed since drain
 
@@ -84,32 +87,49 @@ class HistoryState:
 
     def apply(self, partition: int, offset: int, click: Click) -> bool:
         """Append a click; False if this offset was already applied (a replay)."""
-        user = click.user_id
-        slot, r = self._probe(user)
-        if r < 0:
-            r = self._new_row(slot, user, partition)
-        else:
-            b, j = r >> _SHIFT, r & _LOW
-            if self._part[b][j] != partition:
-                self._move(r, partition)
-            elif offset <= self._off[b][j]:
-                return False
-        b, j = r >> _SHIFT, r & _LOW
+        user, shift, low = click.user_id, _SHIFT, _LOW
+        slots, keys = self._slots, self._key
+        i, mask = (((user ^ self._seed) * _GOLDEN) & _M64) >> self._hshift, len(slots) - 1
+        while True:  # _probe, inlined: this is the worker's per-click path
+            s = slots[i]
+            if not s:
+                r = self._new_row(i, user, partition)
+                break
+            r = s - 1
+            if keys[r >> shift][r & low] == user:
+                if self._part[r >> shift][r & low] != partition:
+                    self._move(r, partition)
+                elif offset <= self._off[r >> shift][r & low]:
+                    return False
+                break
+            i = (i + 1) & mask
+        b, j = r >> shift, r & low
         item = click.item_id
         lo, hi = self._item_range
         if not lo <= item < hi:
             self._widen_items(item)
-        n = self._len[b][j]
-        if n < self.maxlen:
-            self._items[b][j, n] = item
-            self._len[b][j] = n + 1
+        lens, m = self._len[b], self.maxlen
+        n = lens[j]
+        if n < m:
+            self._items[b][j * m + n] = item
+            lens[j] = n + 1
         else:  # full: overwrite the oldest
-            h = self._head[b][j]
-            self._items[b][j, h] = item
-            self._head[b][j] = h + 1 if h + 1 < self.maxlen else 0
-        self._put("off", b, j, offset)
-        self._ts[b][j] = min(max(click.ts, _INT64[0]), _INT64[1] - 1)  # decode bounds ts below only
-        self._dirty.setdefault(partition, set()).add(user)
+            heads = self._head[b]
+            h = heads[j]
+            self._items[b][j * m + h] = item
+            heads[j] = h + 1 if h + 1 < m else 0
+        lo, hi = self._off_range
+        if not lo <= offset < hi:
+            self._widen("off", offset)
+        self._off[b][j] = offset
+        ts = click.ts
+        self._ts[b][j] = (
+            ts if _TS_LO <= ts < _TS_HI else min(max(ts, _TS_LO), _TS_HI - 1)
+        )  # decode bounds ts below only
+        dirty = self._dirty.get(partition)
+        if dirty is None:
+            dirty = self._dirty[partition] = set()
+        dirty.add(user)
         return True
 
     def get(self, user_id: int) -> np.ndarray | None:
@@ -120,16 +140,18 @@ class HistoryState:
     def drain_dirty(self) -> list[tuple[int, bytes, bytes]]:
         """Changelog records (partition, key, value) for every user changed since the last drain."""
         out = []
+        m, probe, parts, offs, tss = self.maxlen, self._probe, self._part, self._off, self._ts
         for p, users in self._dirty.items():
             for u in users:
-                _slot, r = self._probe(u)
+                _slot, r = probe(u)
                 if r < 0:
                     continue
                 b, j = r >> _SHIFT, r & _LOW
-                if self._part[b][j] == p:
-                    h = self._history(r)
-                    items = [] if h is None else h.tolist()
-                    out.append((p, user_key(u), encode_entry(u, items, self._off[b][j], self._ts[b][j])))
+                if parts[b][j] == p:
+                    n, h = self._len[b][j], self._head[b][j]
+                    row = self._items[b][j * m : j * m + n].tolist()
+                    items = row[h:] + row[:h] if h else row
+                    out.append((p, user_key(u), encode_entry(u, items, offs[b][j], tss[b][j])))
         self._dirty.clear()
         return out
 
@@ -150,9 +172,11 @@ class HistoryState:
             user = int(obj["user_id"])
             items = [int(i) for i in obj["items"]][-self.maxlen :]
             offset, ts = int(obj.get("offset", -1)), int(obj.get("ts", 0))
-            for v in (user, offset, ts, *((min(items), max(items)) if items else ())):
-                if not _INT64[0] <= v < _INT64[1]:
-                    raise ValueError(f"{v} is out of the int64 range")
+            array("q", (user, offset, ts))  # OverflowError unless all are int64
+            try:
+                row = array(self._icode, items)
+            except OverflowError:  # beyond int32: the items column widens, unless beyond int64 (bad)
+                row = array("q", items)
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:
             log.warning("history: skipping a bad changelog record in partition %d: %s", partition, e)
             return
@@ -162,13 +186,9 @@ class HistoryState:
         elif self._part[r >> _SHIFT][r & _LOW] != partition:
             self._move(r, partition)
         b, j = r >> _SHIFT, r & _LOW
-        if items:
-            lo, hi = self._item_range
-            if min(items) < lo:
-                self._widen_items(min(items))
-            if max(items) >= hi:
-                self._widen_items(max(items))
-            self._items[b][j, : len(items)] = items
+        if row.typecode != self._icode:
+            self._widen_items(min(items) if min(items) < 0 else max(items))
+        self._items[b][j * self.maxlen : j * self.maxlen + len(row)] = row
         self._len[b][j], self._head[b][j] = len(items), 0
         self._put("off", b, j, offset)
         self._ts[b][j] = ts
@@ -185,13 +205,13 @@ class HistoryState:
         n = int(keep.sum())
         for name in self._cols:
             self._compact(self._cols[name], keep, _np)
-        self._compact(self._items, keep, lambda a: a)
+        self._compact(self._items, keep, lambda a: _np(a).reshape(-1, self.maxlen))
         self._n = n
         blocks = max(1, -(-n // _BLOCK)) if self._cap > _BLOCK else 1
         for cols in self._cols.values():
             del cols[blocks:]
         del self._items[blocks:]
-        self._cap = sum(len(b) for b in self._items)
+        self._cap = sum(len(b) for b in self._key)
         self._rebuild_slots(max(_MIN_BITS, (2 * n - 1).bit_length()))
 
     def partitions(self) -> set[int]:
@@ -203,7 +223,8 @@ class HistoryState:
     def nbytes(self) -> int:
         """Bytes of the arrays that hold the histories (rows allocated plus the hash slots)."""
         cols = sum(len(b) * b.itemsize for blocks in self._cols.values() for b in blocks)
-        return cols + sum(a.nbytes for a in self._items) + len(self._slots) * self._slots.itemsize
+        items = sum(len(b) * b.itemsize for b in self._items)
+        return cols + items + len(self._slots) * self._slots.itemsize
 
     # ---- rows ---------------------------------------------------------------------------------------
 
@@ -216,11 +237,9 @@ class HistoryState:
         n = self._len[b][j]
         if not n:
             return None
-        row = self._items[b][j]
-        h = self._head[b][j]
-        if h == 0:
-            return row[:n].astype(np.int64)
-        return np.concatenate((row[h:], row[:h]), dtype=np.int64)
+        h, m = self._head[b][j], self.maxlen
+        row = self._items[b][j * m : j * m + n]  # n == maxlen whenever h > 0
+        return np.frombuffer(row[h:] + row[:h] if h else row, dtype=row.typecode).astype(np.int64)
 
     def _put(self, name: str, b: int, j: int, v: int) -> None:
         lo, hi = _RANGE[self._codes[name]]
@@ -235,6 +254,8 @@ class HistoryState:
             code = _WIDER[code]
         log.info("history: column %s widened to %s for value %d", name, code, v)
         self._codes[name] = code
+        if name == "off":
+            self._off_range = _RANGE[code]
         blocks = self._cols[name]
         blocks[:] = [array(code, blk) for blk in blocks]
 
@@ -242,8 +263,8 @@ class HistoryState:
         if not _INT64[0] <= item < _INT64[1]:
             raise OverflowError(f"item id {item} is out of the int64 range")
         log.info("history: item ids widened to int64 for item %d", item)
-        self._items[:] = [a.astype(np.int64) for a in self._items]
-        self._item_dtype, self._item_range = np.int64, _INT64
+        self._items[:] = [array("q", a) for a in self._items]
+        self._icode, self._item_range = "q", _INT64
 
     def _new_row(self, slot: int, user: int, partition: int) -> int:
         if 2 * (self._n + 1) > len(self._slots):  # load factor <= 1/2: short probe chains
@@ -277,15 +298,15 @@ class HistoryState:
                 if blocks:
                     new[: self._cap] = blocks[0]
                 blocks[:] = [new]
-            items = np.zeros((size, self.maxlen), dtype=self._item_dtype)
+            items = _zeros(self._icode, size * self.maxlen)
             if self._items:
-                items[: self._cap] = self._items[0]
+                items[: self._cap * self.maxlen] = self._items[0]
             self._items[:] = [items]
             self._cap = size
         else:
             for name, blocks in self._cols.items():
                 blocks.append(_zeros(self._codes[name], _BLOCK))
-            self._items.append(np.zeros((_BLOCK, self.maxlen), dtype=self._item_dtype))
+            self._items.append(_zeros(self._icode, _BLOCK * self.maxlen))
             self._cap += _BLOCK
 
     def _delete(self, slot: int, r: int) -> None:
@@ -311,7 +332,8 @@ class HistoryState:
             lb, lj = last >> _SHIFT, last & _LOW
             for blocks in self._cols.values():
                 blocks[b][j] = blocks[lb][lj]
-            self._items[b][j] = self._items[lb][lj]
+            m = self.maxlen
+            self._items[b][j * m : j * m + m] = self._items[lb][lj * m : lj * m + m]
             lslot, _ = self._probe(self._key[lb][lj])
             slots[lslot] = r + 1
         self._n = last
@@ -350,7 +372,7 @@ class HistoryState:
     def _probe(self, user: int) -> tuple[int, int]:
         """(slot, row) of ``user``, or (the empty slot where it would go, -1)."""
         slots, keys, mask = self._slots, self._key, len(self._slots) - 1
-        i = (((user ^ self._seed) * _GOLDEN) & _M64) >> (64 - self._bits)
+        i = (((user ^ self._seed) * _GOLDEN) & _M64) >> self._hshift
         while True:
             s = slots[i]
             if not s:
@@ -379,15 +401,12 @@ class HistoryState:
                 lose[winners] = False
                 rows, pos = rows[lose], (pos[lose] + 1) & (size - 1)
         self._slots = array("i", slots.tobytes())
-        self._bits = bits
+        self._bits, self._hshift = bits, 64 - bits
 
 
 def encode_entry(user_id: int, items: list[int], offset: int, ts: int) -> bytes:
     """The changelog value: ``{"user_id","items","offset","ts"}`` (the wire format of existing topics)."""
-    return json.dumps(
-        {"user_id": int(user_id), "items": items, "offset": int(offset), "ts": int(ts)},
-        separators=(",", ":"),
-    ).encode()
+    return _ENCODER.encode({"user_id": int(user_id), "items": items, "offset": offset, "ts": ts}).encode()
 
 
 def restore(

@@ -114,10 +114,10 @@ def test_many_users_grow_the_hash_and_the_blocks(small_blocks: bool) -> None:
 def test_ids_beyond_int32_widen_the_columns() -> None:
     s = HistoryState(maxlen=3)
     s.apply(0, 0, Click(1, 7, 0))
-    assert s._items[0].dtype == np.int32 and s._codes["off"] == "i" and s._codes["part"] == "H"
+    assert s._icode == "i" and s._codes["off"] == "i" and s._codes["part"] == "H"
     s.apply(70_000, 2**40, Click(2**63 - 1, 2**63 - 1, 2**70))  # partition > uint16, offset > int32, ts clamped
     s.apply(0, 1, Click(1, 2**31, 1))
-    assert s._items[0].dtype == np.int64 and s._codes["off"] == "q" and s._codes["part"] == "i"
+    assert s._icode == "q" and s._items[0].typecode == "q" and s._codes["off"] == "q" and s._codes["part"] == "i"
     assert s.get(1).tolist() == [7, 2**31] and s.get(2**63 - 1).tolist() == [2**63 - 1]
     assert not s.apply(70_000, 2**40, Click(2**63 - 1, 1, 0))  # the wide offset is compared exactly
     records = {k: json.loads(v) for _p, k, v in s.drain_dirty()}
@@ -276,3 +276,12 @@ def test_104_bytes_per_row_and_under_128_per_user_at_maxlen_20() -> None:
     slots = len(s._slots) * 4
     assert (s.nbytes() - slots) / s._cap == 8 + 2 + 20 * 4 + 4 + 8 + 1 + 1  # key part items off ts len head
     assert s.nbytes() / s.users() < 128
+
+
+def test_get_returns_a_copy() -> None:
+    s = HistoryState(maxlen=2)
+    for off in range(3):
+        s.apply(0, off, Click(1, off + 1, 0))
+    got = s.get(1)
+    got[:] = 0
+    assert s.get(1).tolist() == [2, 3]
