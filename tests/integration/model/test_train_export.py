@@ -125,7 +125,8 @@ def test_resume_reproduces_an_uninterrupted_run(data_dir: Path, tmp_path: Path) 
     ["hyper_parameters.dynamic_k=true", "hyper_parameters.relu_layer=true", "hyper_parameters.pow_p=2"],
     ["hyper_parameters.sparse_embedding=false"],
     ["hyper_parameters.model=comirec_sa", "hyper_parameters.routing_reg=100", "hyper_parameters.hard_neg_beta=5"],
-    ["hyper_parameters.routing_per_sample=true", "hyper_parameters.routing_reg=100"],
+    ["hyper_parameters.routing_per_sample=true", "hyper_parameters.routing_reg=100",
+     "hyper_parameters.bilinear=per_interest", "hyper_parameters.capsual_max_k=2"],
 ])
 def test_options_train_evaluate_export(data_dir: Path, tmp_path: Path, extra: list[str]) -> None:
     s = _settings(data_dir, tmp_path / "ckpt", "runner.epochs=1", "runner.batches_per_epoch=20", *extra)
@@ -189,7 +190,8 @@ def _overrides(s: Settings) -> list[str]:
         f"hyper_parameters.relu_layer={hp.relu_layer}", f"hyper_parameters.pow_p={hp.pow_p}",
         f"hyper_parameters.sparse_embedding={hp.sparse_embedding}",
         f"hyper_parameters.routing_reg={hp.routing_reg}", f"hyper_parameters.hard_neg_beta={hp.hard_neg_beta}",
-        f"hyper_parameters.routing_per_sample={hp.routing_per_sample}",
+        f"hyper_parameters.routing_per_sample={hp.routing_per_sample}", f"hyper_parameters.bilinear={hp.bilinear}",
+        f"hyper_parameters.capsual_max_k={hp.capsual_max_k}",
     ]
 
 

@@ -228,3 +228,19 @@ def test_routing_per_sample_draws_logits_per_sample() -> None:
     per_batch = _net(resample_routing=True)
     per_batch.tower.resample(np.random.default_rng(0), 3)
     assert per_batch.tower.train_logits.shape == (1, K, L)
+
+
+def test_per_interest_bilinear_with_equal_maps_is_the_shared_one() -> None:
+    shared, per = _net(), _net(bilinear="per_interest")
+    assert tuple(per.tower.bilinear.shape) == (K, D, D)
+    s = shared.tower.bilinear.numpy()
+    per.tower.bilinear.set_value(np.repeat(s[None], K, axis=0))
+    hist = np.random.default_rng(5).standard_normal((3, L, D)).astype("float32")
+    lens = np.array([2, 5, 10])
+    a, _ = _encode(shared, hist, lens)
+    b, _ = _encode(per, hist, lens)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Different maps give different interests.
+    per.tower.bilinear.set_value(np.random.default_rng(6).standard_normal((K, D, D)).astype("float32"))
+    c, _ = _encode(per, hist, lens)
+    assert not np.allclose(a, c, atol=1e-3)
