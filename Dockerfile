@@ -17,8 +17,8 @@ WORKDIR /app
 # Dependencies first (a layer that survives source edits): install the project once with empty
 # packages, then the real sources without touching the dependencies again.
 COPY pyproject.toml README.md ./
-RUN mkdir -p mind_recall model worker producers \
-    && touch mind_recall/__init__.py model/__init__.py worker/__init__.py producers/__init__.py \
+RUN mkdir -p mind_recall model worker producers cli \
+    && touch mind_recall/__init__.py model/__init__.py worker/__init__.py producers/__init__.py cli/__init__.py \
     && pip install . \
     && pip uninstall -y mind-recall
 
@@ -26,6 +26,7 @@ COPY mind_recall ./mind_recall
 COPY model ./model
 COPY worker ./worker
 COPY producers ./producers
+COPY cli ./cli
 COPY config ./config
 RUN pip install --no-deps . && mind-recall config show >/dev/null
 

@@ -34,8 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mind_recall.wire import Click, user_key  # noqa: E402
 from worker.history import HistoryState  # noqa: E402
-from worker.requests import Click, user_key  # noqa: E402
 
 # ---- the baseline: worker/history.py's HistoryState as of commit 8002999, verbatim but for the restore loop ----
 

@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mind_recall.item_wire import ItemEvent  # noqa: E402
 from mind_recall.settings import Settings, load  # noqa: E402
 from producers.items import publish, synthetic_updates  # noqa: E402
 from worker.item_writer import ItemWriter  # noqa: E402
-from worker.items import ItemEvent  # noqa: E402
 from worker.metrics import Metrics  # noqa: E402
 from worker.store import ItemStore  # noqa: E402
 
@@ -136,7 +136,7 @@ def fresh(s: Settings, n: int, dim: int, rate: float) -> dict:
         [
             sys.executable,
             "-m",
-            "mind_recall.cli",
+            "cli",
             "produce",
             "item-updates",
             "-m",

@@ -131,7 +131,7 @@ def _visibility_worker(cfg: dict, q_in: Any, q_out: Any) -> None:
 
     from pymilvus import MilvusClient
 
-    from worker.items import now_ms
+    from mind_recall.item_wire import now_ms
 
     client = MilvusClient(uri=cfg["uri"], token=cfg["token"], timeout=10)
     params = {"metric_type": "IP", "params": cfg["search_params"]}
@@ -245,7 +245,7 @@ def fresh_visible(s: Settings, n: int, dim: int, rate: float, sample_ms: float, 
     vis[0].start()
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(s.dump(mask_secrets=False))
-    cmd = [sys.executable, "-m", "mind_recall.cli", "produce", "item-updates", "-m", f.name,
+    cmd = [sys.executable, "-m", "cli", "produce", "item-updates", "-m", f.name,
            "-o", "runner.progress=false", "--count", str(n), "--dim", str(dim), "--items", str(n // 2),
            "--delete-ratio", "0.02", "--model-version", "bench", "--rate", str(rate), "--seed", "2"]
     if binary:
@@ -418,9 +418,9 @@ def cmd_items(args: argparse.Namespace) -> dict:
 
 # -- profile -------------------------------------------------------------------------------------
 def cmd_profile(args: argparse.Namespace) -> dict:
+    from mind_recall.item_wire import decode_item_event
     from producers.items import publish, synthetic_updates
     from worker import kafka_io
-    from worker.items import decode_item_event
 
     try:
         import crc32c  # noqa: F401  (kafka-python checks record CRCs with it when installed)

@@ -95,7 +95,7 @@ def spawn_worker(s: Settings, export: Path, work: Path, name: str, per_request: 
     # Lite: --load-items fills the worker's file once (skipped when the collection already holds the
     # export); the bench process cannot do it itself: Lite's lock stays with the process that opened
     # the file. Server: the bench loaded and indexed the collection before (load_server).
-    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--roles", "recall", "--export", str(export)]
+    args = [sys.executable, "-m", "cli", "worker", "--roles", "recall", "--export", str(export)]
     if not is_server(s.milvus.uri):
         args.append("--load-items")
     if per_request:

@@ -168,7 +168,7 @@ class Worker:
     default_top_k: int = _positive(50)
     max_hist: int = _positive(1000)
     max_record_bytes: int = _positive(1_048_576)
-    # a dead letter over this (key + value + headers) keeps a prefix, sizes and hashes (kafka_io.DeadLetter.fit):
+    # a dead letter over this (key + value + headers) keeps a prefix, sizes and hashes (DeadLetter.fit):
     # a record as large as the broker allows would not fit with its headers. Keep it under the DLQ topic's
     # max.message.bytes (broker default 1048588).
     dlq_max_bytes: int = _check(1_000_000, lambda v: v >= 4096, ">= 4096")

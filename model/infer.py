@@ -1,12 +1,11 @@
 """Offline evaluation of a checkpoint: ``python -m model.infer -m CFG -top_n 50`` (PaddleRec style)
-and ``mind-recall evaluate``. Exact search over the item embedding (rows 1..) by default; ``milvus``
-upserts the vectors into ``worker.store.ItemStore`` and searches there (needs the worker package).
+and ``mind-recall evaluate``. Exact search over the item embedding (rows 1..) by default; the searcher is
+injected (``SEARCHERS``): ``mind-recall evaluate --index milvus`` searches the serving store.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -48,44 +47,28 @@ def make_encoder(net: Any) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarra
     return encode
 
 
+SearcherFactory = Callable[[Settings, np.ndarray, np.ndarray], tuple[Search, Callable[[], None]]]
+
+
 def exact_searcher(net: Any) -> Search:
+    """Exact inner-product search over the network's item vectors (rows 1..)."""
     from model.evaluation import exact_search
 
-    ids = np.arange(1, net.cfg.item_count, dtype=np.int64)
-    search: Search = exact_search(ids, net.item_vectors())
+    search: Search = exact_search(np.arange(1, net.cfg.item_count, dtype=np.int64), net.item_vectors())
     return search
 
 
-def milvus_searcher(settings: Settings, net: Any) -> tuple[Search, Callable[[], None]]:
-    """Fill a Milvus collection named after the item vectors' hash and search it (Strong consistency,
-    so every upserted vector is visible). Returns (search, cleanup); cleanup drops the collection."""
-    import dataclasses
+def _exact(_settings: Settings, ids: np.ndarray, vectors: np.ndarray) -> tuple[Search, Callable[[], None]]:
+    from model.evaluation import exact_search
 
-    try:
-        from worker.store import ItemStore  # type: ignore[import-not-found]
-    except ModuleNotFoundError as e:
-        raise RuntimeError(f"--index milvus needs worker/store.py (ItemStore), not available: {e}") from e
-    ids = np.arange(1, net.cfg.item_count, dtype=np.int64)
-    vectors = net.item_vectors()
-    version = "eval_" + hashlib.sha256(vectors.tobytes()).hexdigest()[:12]
-    store = ItemStore(dataclasses.replace(settings.milvus, consistency_level="Strong"))
-    collection = store.ensure_collection(version, vectors.shape[1])
-    ts = np.zeros(ids.size, dtype=np.int64)
-    for lo in range(0, ids.size, 5000):
-        store.upsert(collection, ids[lo : lo + 5000], vectors[lo : lo + 5000], ts[lo : lo + 5000])
-    log.info("evaluating against Milvus collection %s (%d items)", collection, ids.size)
+    search: Search = exact_search(ids, vectors)
+    return search, lambda: None
 
-    def search(queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-        found_ids, scores = store.search(np.asarray(queries, dtype=np.float32), top_k, collection=collection)
-        return np.asarray(found_ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
-    def cleanup() -> None:
-        try:
-            store.drop(collection)
-        finally:
-            store.close()
-
-    return search, cleanup
+# Where evaluation searches, by ``--index`` name: (settings, item ids, item vectors) -> (search, cleanup).
+# model/ is pure and below the serving layer, so it never imports a store: the command line (cli/main.py)
+# plugs in ``milvus`` (worker/eval_index.py), and a test or a notebook can plug in any other.
+SEARCHERS: dict[str, SearcherFactory] = {"exact": _exact}
 
 
 def _rename(metrics: dict[str, Any], method: str) -> dict[str, Any]:
@@ -104,19 +87,18 @@ def evaluate_checkpoint(
     ckpt = find_checkpoint(settings.runner.model_save_path, epoch)
     net, meta = load_network(ckpt)
     users = read_eval(settings.runner.test_data_dir)
-    cleanup: Callable[[], None] | None = None
-    if index == "milvus":
-        search, cleanup = milvus_searcher(settings, net)
-    else:
-        search = exact_searcher(net)
+    if index not in SEARCHERS:
+        raise ValueError(f"--index {index!r} is not available here (known: {', '.join(sorted(SEARCHERS))}); "
+                         "`mind-recall evaluate` plugs in milvus")
+    ids = np.arange(1, net.cfg.item_count, dtype=np.int64)
+    search, cleanup = SEARCHERS[index](settings, ids, net.item_vectors())
     try:
         metrics = evaluate(
             users, make_encoder(net), search, top_n=top_n, maxlen=net.cfg.maxlen,
             batch_size=settings.runner.infer_batch_size,
         )
     finally:
-        if cleanup is not None:
-            cleanup()
+        cleanup()
     out = _rename(metrics, meta["model"])
     out["epoch"] = int(meta["epoch"])
     out["checkpoint"] = str(ckpt)
@@ -161,7 +143,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-n", "-top_n", dest="top_n", type=int, default=50, help="N of Recall/NDCG/HitRate@N")
     p.add_argument("--epoch", type=int, default=None, help="checkpoint epoch (default: the latest)")
     p.add_argument("--baseline", choices=("none", "most_popular"), default="none")
-    p.add_argument("--index", choices=("exact", "milvus"), default="exact")
+    p.add_argument("--index", choices=sorted(SEARCHERS), default="exact",
+                   help="where to search the item vectors (milvus: the serving store, via `mind-recall evaluate`)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the JSON result here")
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from mind_recall.wire import Click, user_key
 from worker.kafka_io import GroupConsumer, TopicPartition
-from worker.requests import Click, user_key
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, StrictInt
 
 from mind_recall.settings import Settings
+from mind_recall.wire import check_history
 from worker.recall import (
     Query,
     RecallEngine,
@@ -39,7 +40,6 @@ from worker.recall import (
     load_popular,
     store_search,
 )
-from worker.requests import check_history
 from worker.store import StoreError
 
 log = logging.getLogger(__name__)

@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from mind_recall.item_wire import ItemEvent, decode_item_event, now_ms, reason_code
 from mind_recall.settings import Settings
+from mind_recall.wire import DeadLetter
 from worker import kafka_io
-from worker.items import ItemEvent, decode_item_event, now_ms, reason_code
 from worker.metrics import Metrics
 from worker.outage import EXIT_OUTAGE, Outage, OutageError
 from worker.store import ItemStore, LiveCollection, SchemaMismatch, StoreError
@@ -55,10 +56,10 @@ DLQ_ROLE = "item_embeddings"
 class Pending:
     """Records read but not yet committed, in read order."""
 
-    items: list[tuple[Any, ItemEvent | kafka_io.DeadLetter]] = field(default_factory=list)
+    items: list[tuple[Any, ItemEvent | DeadLetter]] = field(default_factory=list)
     started: float = 0.0  # monotonic time of the first record
 
-    def add(self, record: Any, decoded: ItemEvent | kafka_io.DeadLetter) -> None:
+    def add(self, record: Any, decoded: ItemEvent | DeadLetter) -> None:
         if not self.items:
             self.started = time.monotonic()
         self.items.append((record, decoded))
@@ -89,7 +90,7 @@ class Plan:
 
     deletes: list[int] = field(default_factory=list)
     upserts: dict[str, list[ItemEvent]] = field(default_factory=dict)
-    dead: list[kafka_io.DeadLetter] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
     applied: list[ItemEvent] = field(default_factory=list)
 
 
@@ -99,7 +100,7 @@ def plan_batch(pending: Pending, routes: dict[str, LiveCollection]) -> Plan:
     deleted: dict[int, ItemEvent] = {}
     upserts: dict[int, dict[str, ItemEvent]] = {}
     for record, ev in pending.items:
-        if isinstance(ev, kafka_io.DeadLetter):
+        if isinstance(ev, DeadLetter):
             plan.dead.append(ev)
             continue
         if ev.vector is None:
@@ -110,7 +111,7 @@ def plan_batch(pending: Pending, routes: dict[str, LiveCollection]) -> Plan:
         if route is None:
             known = ", ".join(sorted(routes)) or "none"
             plan.dead.append(
-                kafka_io.DeadLetter.of(
+                DeadLetter.of(
                     record,
                     "wrong_model_version",
                     f"wrong_model_version: {ev.model_version!r} has no collection (known: {known})"[:500],
@@ -119,7 +120,7 @@ def plan_batch(pending: Pending, routes: dict[str, LiveCollection]) -> Plan:
             continue
         if ev.vector.shape[0] != route.dim:
             plan.dead.append(
-                kafka_io.DeadLetter.of(
+                DeadLetter.of(
                     record,
                     "wrong_dim",
                     f"wrong_dim: {ev.vector.shape[0]} values, {route.collection} needs {route.dim}",
@@ -251,7 +252,7 @@ class ItemWriter:
         self._pause(consumer)
         self._wait_polling(consumer, outage.failed(e, f"kafka ({what})"), keep=False)
 
-    def _dead_letters_with_retry(self, consumer: Any, producer: Any, dead: list[kafka_io.DeadLetter]) -> None:
+    def _dead_letters_with_retry(self, consumer: Any, producer: Any, dead: list[DeadLetter]) -> None:
         """Every dead letter acknowledged before the commit: a failed send is re-sent, never skipped. One the
         broker refuses for its size is cut to its prefix (DeadLetter.fit): a poison record never blocks."""
         outage = self._outage("kafka (dead letters)")

@@ -15,8 +15,6 @@ Dead letters keep the original bytes and carry the reason in headers.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -27,6 +25,7 @@ import confluent_kafka
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from mind_recall.settings import Settings
+from mind_recall.wire import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,6 @@ __all__ = [
     "Clients",
     "CommitFailedError",
     "ConsumerRecordLike",
-    "DeadLetter",
     "GroupConsumer",
     "KafkaError",
     "PermanentKafkaError",
@@ -90,10 +88,6 @@ __all__ = [
     "send_dead_letter",
 ]
 
-# A header value is bytes; keep each bounded so one bad record cannot bloat the DLQ.
-_MAX_REASON = 1000
-# What a dead letter keeps of a record too large for the DLQ (the broker refused it, or over the limit)
-DLQ_PREFIX_BYTES = 1024
 
 
 class PermanentKafkaError(KafkaError):
@@ -594,59 +588,6 @@ class ConsumerRecordLike:  # documentation only: the attributes the workers read
     value: bytes | None
     timestamp: int
     headers: list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A rejected record as a value: the original bytes plus why it was rejected."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    error_class: str
-    reason: str
-
-    @classmethod
-    def of(cls, record: Any, error_class: str, reason: str) -> DeadLetter:
-        value = record.value
-        if record.key is None and value is None:
-            value = b""  # Kafka refuses a record with neither key nor value; the header keeps the truth
-        return cls(record.topic, record.partition, record.offset, record.key, value, error_class, reason)
-
-    truncated: tuple[tuple[str, bytes], ...] = ()  # headers saying what was cut (see ``fit``)
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        null = [("original_value", b"null")] if self.value == b"" and self.key is None else []
-        return [
-            *null,
-            ("source_topic", self.topic.encode()),
-            ("source_partition", str(self.partition).encode()),
-            ("source_offset", str(self.offset).encode()),
-            ("error_class", self.error_class.encode()),
-            ("reason", self.reason[:_MAX_REASON].encode("utf-8", "replace")),
-            *self.truncated,
-        ]
-
-    def size(self) -> int:
-        """Bytes of key + value + headers: what the broker's record size limit counts (less framing)."""
-        return len(self.key or b"") + len(self.value or b"") + sum(len(k) + len(v) for k, v in self.headers())
-
-    def fit(self, max_bytes: int) -> DeadLetter:
-        """This dead letter, or (when over ``max_bytes``) a copy that keeps the first DLQ_PREFIX_BYTES of
-        the value and of the key, with the original sizes and SHA-256 in headers. A poison record as large
-        as the broker allows must still reach the DLQ: with its headers the full copy would not fit."""
-        if self.size() <= max_bytes:
-            return self
-        meta: list[tuple[str, bytes]] = [("truncated", b"true")]
-        for name, raw in (("value", self.value), ("key", self.key)):
-            if raw is not None:
-                meta += [(f"original_{name}_size", str(len(raw)).encode()),
-                         (f"original_{name}_sha256", hashlib.sha256(raw).hexdigest().encode())]
-        key = None if self.key is None else self.key[:DLQ_PREFIX_BYTES]
-        value = None if self.value is None else self.value[:DLQ_PREFIX_BYTES]
-        return dataclasses.replace(self, key=key, value=value, truncated=tuple(meta))
 
 
 def send_dead_letter(producer: Producer, dlq_topic: str, dead: DeadLetter, max_bytes: int) -> Delivery:

@@ -375,22 +375,20 @@ class PerRequestEngine(RecallEngine):
     """The original service's path, kept as the benchmark baseline: per request one tower forward
     and one search call per interest (no batching at all). Same answers as :class:`RecallEngine`."""
 
-    def encode(self, queries: Sequence[Query]) -> Encoded:
-        """Nothing here: the baseline does all of a request's work (its own forward, K searches) in
-        :meth:`search_merge`, so a worker that runs the two stages apart batches and overlaps nothing."""
-        return Encoded(queries, [], [], np.zeros((0, 0, 0), np.float32), np.zeros(0, np.int64), {})
-
-    def search_merge(self, enc: Encoded) -> list[Recall]:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         batched = self.search
 
         def per_interest(qs: np.ndarray, topn: int) -> tuple[np.ndarray, np.ndarray]:
             parts = [batched(qs[i : i + 1], topn) for i in range(qs.shape[0])]  # K separate calls
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-        self.search = per_interest
-        try:
-            return [
-                r for q in enc.queries for r in RecallEngine.search_merge(self, RecallEngine.encode(self, [q]))
-            ]
-        finally:
-            self.search = batched
+        self.search = per_interest  # wrapped once: no state changes per call, safe across threads
+
+    def encode(self, queries: Sequence[Query]) -> Encoded:
+        """Nothing here: the baseline does all of a request's work (its own forward, K searches) in
+        :meth:`search_merge`, so a worker that runs the two stages apart batches and overlaps nothing."""
+        return Encoded(queries, [], [], np.zeros((0, 0, 0), np.float32), np.zeros(0, np.int64), {})
+
+    def search_merge(self, enc: Encoded) -> list[Recall]:
+        return [r for q in enc.queries for r in RecallEngine.search_merge(self, RecallEngine.encode(self, [q]))]

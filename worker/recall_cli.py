@@ -62,7 +62,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from mind_recall.cli import add_config_args
+    from mind_recall.cliargs import add_config_args
 
     w = sub.add_parser(
         "worker",

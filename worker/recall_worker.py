@@ -27,13 +27,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mind_recall.settings import Settings
-from worker import kafka_io
-from worker.history import HistoryState, restore
-from worker.kafka_io import DeadLetter, TopicPartition
-from worker.ledger import Ledger
-from worker.outage import Stopped, retry
-from worker.recall import Encoded, Query, Recall, RecallEngine
-from worker.requests import (
+from mind_recall.wire import (
+    DeadLetter,
     Limits,
     RecallRequest,
     RequestError,
@@ -43,6 +38,12 @@ from worker.requests import (
     encode_result,
     user_key,
 )
+from worker import kafka_io
+from worker.history import HistoryState, restore
+from worker.kafka_io import TopicPartition
+from worker.ledger import Ledger
+from worker.outage import Stopped, retry
+from worker.recall import Encoded, Query, Recall, RecallEngine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

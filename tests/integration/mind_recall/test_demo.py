@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def test_reduced_demo_end_to_end(kafka_bootstrap: str, tmp_path: Path) -> None:
     cmd = [
-        sys.executable, "-m", "mind_recall.cli", "demo", "--workdir", str(tmp_path / "demo"),
+        sys.executable, "-m", "cli", "demo", "--workdir", str(tmp_path / "demo"),
         "--users", "800", "--items", "400", "--epochs", "1", "--requests", "60", "--rate", "60",
         "-o", f"kafka.bootstrap_servers={kafka_bootstrap}", "-o", "runner.progress=false",
     ]

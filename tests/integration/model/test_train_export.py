@@ -10,7 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
-from mind_recall import cli
+from cli import main as cli
 from mind_recall.settings import Settings, load
 from model.data import pad_histories, read_eval
 from model.export import export_checkpoint

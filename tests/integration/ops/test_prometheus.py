@@ -99,8 +99,8 @@ class Load:
         ]
 
     def start(self) -> Load:
+        from mind_recall.wire import encode_request, user_key
         from producers.traffic import replay_clicks
-        from worker.requests import encode_request, user_key
 
         replay_clicks(self.s, self.data, users=60)  # histories for the users the requests ask about
         # one request with top_k=0: an error result (outcome="error"), not a dead letter
@@ -172,7 +172,7 @@ def _start_scrape_target(settings: Settings, export_base: Path, tmp_path: Path) 
         **{f"topics.{k}": getattr(settings.topics, k)
            for k in ("clicks", "item_embeddings", "recall_requests", "recall_results", "dlq", "history_changelog")},
     }
-    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--export", str(export_base / "export"), "--load-items"]
+    args = [sys.executable, "-m", "cli", "worker", "--export", str(export_base / "export"), "--load-items"]
     for k, v in overrides.items():
         args += ["-o", f"{k}={v}"]
     log = tmp_path / "worker.log"

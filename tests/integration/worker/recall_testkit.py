@@ -257,7 +257,7 @@ def spawn_recall_worker(settings: Any, export: Path, log: Path, *overrides: str)
     output in ``log``; the test's own environment overrides are not inherited."""
     child = settings.replace("worker.session_timeout_ms=6000", "worker.batch_ms=5", "metrics.enabled=false",
                              *overrides)
-    args = [sys.executable, "-m", "mind_recall.cli", "worker", "--roles", "recall",
+    args = [sys.executable, "-m", "cli", "worker", "--roles", "recall",
             "--export", str(export), "--load-items"]
     for o in child.as_overrides():
         args += ["-o", o]

@@ -22,12 +22,13 @@ import numpy as np
 import pytest
 from recall_testkit import Running, committed_total
 
+from mind_recall.item_wire import encode_item_event
 from mind_recall.settings import Settings
+from mind_recall.wire import encode_click, encode_request
 from worker import kafka_io
 from worker.item_writer import ItemWriter
-from worker.items import encode_item_event, load_export
+from worker.items import load_export
 from worker.recall import load_into_store
-from worker.requests import encode_click, encode_request
 from worker.store import ItemStore
 
 pytestmark = pytest.mark.integration

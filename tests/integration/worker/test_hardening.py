@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from recall_testkit import Running, committed_total, read_topic, results_by_id
 
+from mind_recall import wire
+from mind_recall.item_wire import encode_item_event
 from mind_recall.settings import Settings
+from mind_recall.wire import encode_request, user_key
 from worker import kafka_io
 from worker.item_writer import ItemWriter
-from worker.items import encode_item_event
 from worker.metrics import Metrics
 from worker.recall import load_into_store
-from worker.requests import encode_request, user_key
 from worker.store import ItemStore, StoreError
 
 pytestmark = pytest.mark.integration
@@ -73,7 +74,7 @@ def _assert_cut_copy(record: Any, original: bytes, topic: str) -> None:
     assert h["truncated"] == "true" and h["source_topic"] == topic and h["source_offset"] == "0"
     assert h["original_value_size"] == str(len(original))
     assert h["original_value_sha256"] == hashlib.sha256(original).hexdigest()
-    assert record.value == original[: kafka_io.DLQ_PREFIX_BYTES] and h["error_class"] == "not_json"
+    assert record.value == original[: wire.DLQ_PREFIX_BYTES] and h["error_class"] == "not_json"
 
 
 def test_a_poison_click_is_dead_lettered_cut_and_requests_are_still_answered(

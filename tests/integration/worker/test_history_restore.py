@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from mind_recall.settings import Settings
+from mind_recall.wire import Click
 from worker import kafka_io
 from worker.history import HistoryState, restore
-from worker.requests import Click
 
 
 def _entry(user: int, items: list[int], offset: int) -> bytes:

@@ -17,9 +17,9 @@ import pytest
 from recall_testkit import read_topic
 
 from mind_recall.settings import Settings
+from mind_recall.wire import encode_request, user_key
 from worker import kafka_io
 from worker.app import App
-from worker.requests import encode_request, user_key
 
 pytestmark = pytest.mark.integration
 ABUSE = json.dumps({"top_k": 500, "hist_item": [list(range(1, 400))] * 1024}).encode()  # the request

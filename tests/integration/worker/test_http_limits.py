@@ -256,7 +256,7 @@ def test_a_port_in_use_fails_at_once_with_one_line(tmp_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIND_RECALL__")}
         t0 = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "mind_recall.cli", "serve", "-o", f"http.port={port}",
+            [sys.executable, "-m", "cli", "serve", "-o", f"http.port={port}",
              "-o", f"milvus.uri={tmp_path / 'milvus.db'}", "-o", f"worker.export_dir={tmp_path / 'none'}"],
             cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
         )

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from recall_testkit import assert_store_state, committed_total, expected_state, make_consumer
 
+from mind_recall.item_wire import encode_item_event
 from mind_recall.settings import Settings
 from producers.items import publish, synthetic_updates
 from worker import kafka_io
 from worker.item_writer import EXIT_OUTAGE, ItemWriter
-from worker.items import encode_item_event, start_item_cache
+from worker.items import start_item_cache
 from worker.metrics import Metrics
 from worker.store import ItemStore
 

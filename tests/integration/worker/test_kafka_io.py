@@ -8,6 +8,7 @@ import time
 from recall_testkit import make_consumer
 
 from mind_recall.settings import Settings
+from mind_recall.wire import DeadLetter
 from worker import kafka_io
 
 
@@ -63,7 +64,7 @@ def test_dead_letter_keeps_bytes_and_reason(settings: Settings) -> None:
     producer.flush()
     consumer = make_consumer(settings, [src], settings.worker.group_id)
     (record,) = _drain(consumer, 1)
-    dead = kafka_io.DeadLetter.of(record, "ValueError", "not_json: Expecting value")
+    dead = DeadLetter.of(record, "ValueError", "not_json: Expecting value")
     kafka_io.send_dead_letter(producer, dlq, dead, settings.worker.dlq_max_bytes)
     producer.flush()
     consumer.close()
@@ -88,7 +89,7 @@ def test_dead_letter_of_a_record_with_neither_key_nor_value(settings: Settings) 
     dlq = settings.topics.dlq
     kafka_io.ensure_topics(settings, {dlq: 1})
     record = SimpleNamespace(topic="clicks", partition=0, offset=7, key=None, value=None)
-    dead = kafka_io.DeadLetter.of(record, "not_json", "not_json: null value")
+    dead = DeadLetter.of(record, "not_json", "not_json: null value")
     producer = kafka_io.make_producer(settings)
     delivery = kafka_io.send_dead_letter(producer, dlq, dead, settings.worker.dlq_max_bytes)
     producer.flush(timeout=30)

@@ -32,11 +32,11 @@ from recall_testkit import (
     stop_process,
 )
 
+from mind_recall.item_wire import encode_item_event
 from mind_recall.settings import Settings, load
 from producers.items import synthetic_updates
 from worker import kafka_io
 from worker.item_writer import EXIT_OUTAGE
-from worker.items import encode_item_event
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
@@ -331,8 +331,8 @@ def _result_ids(s: Settings, topic: str | None = None) -> list[str]:
 def test_recall_worker_answers_every_request_across_a_broker_restart(
     broker: Broker, ksettings: Settings, export_base: Path, tmp_path: Path
 ) -> None:
+    from mind_recall.wire import encode_request, user_key
     from worker.recall_worker import RecallWorker
-    from worker.requests import encode_request, user_key
 
     s = ksettings.replace("topics.partitions=2")
     RecallWorker(s, engine=None).ensure_topics()  # type: ignore[arg-type]

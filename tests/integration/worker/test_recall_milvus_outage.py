@@ -19,9 +19,9 @@ import pytest
 from recall_testkit import KTopicPartition, committed_total, make_consumer, spawn_recall_worker, stop_process
 
 from mind_recall.settings import Settings
+from mind_recall.wire import encode_request, user_key
 from worker import kafka_io
 from worker.recall_worker import RecallWorker
-from worker.requests import encode_request, user_key
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]

@@ -25,10 +25,10 @@ from recall_testkit import (
 )
 
 from mind_recall.settings import Settings
+from mind_recall.wire import encode_click, encode_request, user_key
 from worker import kafka_io
 from worker.recall import load_into_store
 from worker.recall_worker import RecallWorker
-from worker.requests import encode_click, encode_request, user_key
 from worker.store import ItemStore
 
 pytestmark = pytest.mark.integration

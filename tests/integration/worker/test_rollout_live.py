@@ -21,10 +21,10 @@ import pytest
 from recall_testkit import read_topic
 
 from mind_recall.settings import Settings
+from mind_recall.wire import encode_request, user_key
 from worker import kafka_io
 from worker.app import App
 from worker.model_watch import Announcement, announce
-from worker.requests import encode_request, user_key
 from worker.rollout import announce_live, gc, rollout
 
 pytestmark = pytest.mark.integration

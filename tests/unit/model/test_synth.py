@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mind_recall.cli import main
+from cli.main import main
 from model.data import read_eval, read_train
 from model.evaluation import most_popular
 from model.synth import write_dataset

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mind_recall.cli import build_parser
+from cli.main import build_parser
 from mind_recall.settings import load
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
+from mind_recall.wire import Click
 from worker import history
 from worker.history import HistoryState
-from worker.requests import Click
 
 
 def test_keeps_last_maxlen_and_skips_replayed_offsets() -> None:

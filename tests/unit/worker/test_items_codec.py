@@ -9,8 +9,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
+from mind_recall.item_wire import ItemEvent, decode_item_event, encode_item_event, reason_code
 from worker.item_writer import Pending, plan_batch
-from worker.items import ItemCache, ItemEvent, decode_item_event, encode_item_event, reason_code
+from worker.items import ItemCache
 from worker.kafka_io import DeadLetter
 from worker.metrics import DLQ_REASONS
 from worker.store import LiveCollection

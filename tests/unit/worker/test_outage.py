@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from mind_recall import wire
+from mind_recall.wire import DeadLetter
 from worker import kafka_io
 from worker.outage import Outage, OutageError, Stopped, retry, transient
 from worker.store import SchemaMismatch, StoreError
@@ -93,7 +95,7 @@ def test_stop_while_waiting_raises_stopped() -> None:
 
 # -- DeadLetter.fit: a poison record as large as the broker allows still reaches the DLQ --------------
 def test_a_dead_letter_within_the_limit_is_kept_whole() -> None:
-    d = kafka_io.DeadLetter("clicks", 1, 5, b"7", b"{nope", "not_json", "not JSON")
+    d = DeadLetter("clicks", 1, 5, b"7", b"{nope", "not_json", "not JSON")
     assert d.fit(4096) is d and "truncated" not in dict(d.headers())
 
 
@@ -101,10 +103,10 @@ def test_an_oversized_dead_letter_keeps_prefix_sizes_hashes_and_offsets() -> Non
     import hashlib
 
     value, key = b"\xff" + bytes(1_048_399), b"k" * 3000
-    d = kafka_io.DeadLetter("clicks", 2, 9, key, value, "not_json", "not JSON: invalid start byte")
+    d = DeadLetter("clicks", 2, 9, key, value, "not_json", "not JSON: invalid start byte")
     cut = d.fit(1_000_000)
     h = dict(cut.headers())
-    assert cut.value == value[: kafka_io.DLQ_PREFIX_BYTES] and cut.key == key[: kafka_io.DLQ_PREFIX_BYTES]
+    assert cut.value == value[: wire.DLQ_PREFIX_BYTES] and cut.key == key[: wire.DLQ_PREFIX_BYTES]
     assert h["truncated"] == b"true" and h["original_value_size"] == b"1048400"
     assert h["original_value_sha256"] == hashlib.sha256(value).hexdigest().encode()
     assert h["original_key_size"] == b"3000"

@@ -7,7 +7,9 @@ from typing import Any
 import confluent_kafka
 import pytest
 
+from mind_recall import wire
 from mind_recall.settings import load
+from mind_recall.wire import DeadLetter
 from worker import kafka_io
 from worker.recall_worker import RecallWorker
 
@@ -66,14 +68,14 @@ def test_a_refused_dead_letter_is_cut_to_its_prefix_with_size_and_hash() -> None
     w = _worker()
     dlq = w.s.topics.dlq
     raw = bytes(range(256)) * 40  # 10,240 bytes
-    d = kafka_io.DeadLetter("clicks", 0, 7, b"7", raw, "not_json", "not JSON")
+    d = DeadLetter("clicks", 0, 7, b"7", raw, "not_json", "not JSON")
     sends: list[Any] = [(dlq, d.key, d.value, None, d.headers())]
     w.producer = _Producer(fail={raw}, code=confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE)
     with pytest.raises(kafka_io.KafkaError):
         w._send_all(sends)
     _, _, value, _, headers = sends[0]
     h = dict(headers)
-    assert value == raw[: kafka_io.DLQ_PREFIX_BYTES] and h["truncated"] == b"true"
+    assert value == raw[: wire.DLQ_PREFIX_BYTES] and h["truncated"] == b"true"
     assert h["original_value_size"] == b"10240" and h["source_offset"] == b"7" and h["error_class"] == b"not_json"
     import hashlib
 

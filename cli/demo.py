@@ -25,7 +25,7 @@ STAGES = ("encode", "search", "merge", "publish")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from mind_recall.cli import add_config_args
+    from mind_recall.cliargs import add_config_args
 
     p = sub.add_parser("demo", help="end-to-end demo on the embedded defaults (local Kafka + Milvus Lite)")
     add_config_args(p)
@@ -123,6 +123,8 @@ def run_demo(base: Settings, args: argparse.Namespace) -> int:
     import os
     import warnings
 
+    from mind_recall.item_wire import encode_item_event, now_ms
+    from mind_recall.wire import encode_request, user_key
     from model import synth
     from model.data import read_eval, read_train
     from model.export import export_checkpoint
@@ -131,8 +133,7 @@ def run_demo(base: Settings, args: argparse.Namespace) -> int:
     from producers.traffic import replay_clicks, run_open_loop
     from worker import kafka_io
     from worker.app import App
-    from worker.items import encode_item_event, load_export, now_ms
-    from worker.requests import encode_request, user_key
+    from worker.items import load_export
 
     if args.log_level is None:  # the demo prints its own story; components' INFO logs would drown it
         logging.getLogger().setLevel(logging.WARNING)

@@ -1,7 +1,9 @@
 """``mind-recall`` command line: one entry point, subcommands registered by each package.
 
 Each package's ``cli`` module has ``add_commands(sub)``; a command's handler receives the loaded
-settings and the parsed arguments and returns an exit code.
+settings and the parsed arguments and returns an exit code. This is the top layer (docs/design.md,
+"Layers"): it may import every package, and is where implementations are plugged into the layers below
+(``model.cli.SEARCHERS["milvus"]``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mind_recall import logs
+from mind_recall.cliargs import add_config_args
 from mind_recall.settings import ConfigError, Settings, load
 
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -20,16 +23,8 @@ Handler = Callable[[Settings, argparse.Namespace], int]
 # Packages that contribute subcommands; imported lazily so `config show` never loads Paddle.
 COMMAND_MODULES = (
     "model.cli", "model.data_cli", "worker.items_cli", "worker.recall_cli", "producers.cli",
-    "mind_recall.demo",
+    "cli.demo",
 )
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--config", metavar="FILE", help="YAML config (defaults: config/default.yaml values)")
-    p.add_argument(
-        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key, e.g. -o runner.epochs=3 (repeatable)",
-    )
 
 
 def _config_show(settings: Settings, args: argparse.Namespace) -> int:
@@ -37,7 +32,21 @@ def _config_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def plug_in() -> None:
+    """Implementations of the serving layer for the layers below it (injected here, at the top, so that
+    model/ never imports worker/): evaluation against the serving store."""
+    from model import infer
+
+    def milvus(settings: Settings, ids: Any, vectors: Any) -> Any:
+        from worker.eval_index import milvus_searcher
+
+        return milvus_searcher(settings, ids, vectors)
+
+    infer.SEARCHERS.setdefault("milvus", milvus)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    plug_in()
     parser = argparse.ArgumentParser(prog="mind-recall", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (env MIND_RECALL_LOG)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

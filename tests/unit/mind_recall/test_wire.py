@@ -7,9 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from model.merge import Candidate
-from worker.kafka_io import DeadLetter
-from worker.requests import (
+from mind_recall.wire import (
     Click,
     Limits,
     RecallRequest,
@@ -20,6 +18,8 @@ from worker.requests import (
     encode_request,
     encode_result,
 )
+from model.merge import Candidate
+from worker.kafka_io import DeadLetter
 
 LIMITS = Limits(max_top_k=100, max_hist=5, default_top_k=7, max_record_bytes=2000)
 

@@ -1,0 +1,5 @@
+"""``python -m cli ...`` = ``mind-recall ...``."""
+
+from cli.main import run
+
+run()
