@@ -1,20 +1,23 @@
 """User history memory and speed: the columnar HistoryState vs the dict-of-objects one it replaced.
 
-    .venv/bin/python bench/history.py [--users 1000000] [--partitions 4] [--maxlen 20] [--ops 200000] [--runs 3]
+    .venv/bin/python bench/history.py [--users 1000000] [--partitions 4] [--maxlen 20] [--ops 100000] [--runs 3]
+                                      [--traced]
 
-Memory, one process per implementation: ``--users`` users spread over ``--partitions`` partitions, each
-with ``--maxlen`` items, loaded through ``restore_entry`` (the state a worker holds after restoring its
-partitions; after ``maxlen`` clicks per user a live worker holds the same rows); bytes per user as
-tracemalloc counts them (what the state allocated; peak: during the load). Speed, one process holding both
-states (RSS per user measured as each is loaded), runs alternating between them: ``apply`` (a click of an
+``--users`` users spread over ``--partitions`` partitions, each with ``--maxlen`` items, loaded through
+``restore_entry`` (the state a worker holds after restoring its partitions; after ``maxlen`` clicks per
+user a live worker holds the same rows). One process holds both states: RSS per user as each is loaded
+(after malloc_trim), then runs alternating between them: ``apply`` (a click of an
 existing user at a new offset), ``apply_drain`` (the same, ``drain_dirty`` every 256 clicks), ``get`` (an
 existing user), ``restore_entry`` (overwriting an existing user): ``--ops`` calls per run, the median of
-``--runs`` runs; plus the rate of the initial load (one run). Prints one JSON object.
+``--runs`` runs; plus the rate of the initial load (one run). ``--traced``: also, one process per
+implementation, the bytes per user tracemalloc counts (what the state allocated; peak: during the load);
+slow (tracemalloc hooks every JSON temporary): ~4 more minutes at 1M on 2 busy vCPUs. Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -162,6 +165,10 @@ def _load(state: Any, users: np.ndarray, parts: int, maxlen: int, traced: bool =
 
 
 def _rss() -> int:
+    """Resident bytes, after handing the allocator's free memory back, so that memory freed by earlier
+    steps and reused by the state does not hide the state's cost, nor freed records add to it."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -193,15 +200,15 @@ def child_speed(users: int, parts: int, maxlen: int, ops: int, runs: int) -> dic
     states: dict[str, Any] = {}
     out: dict[str, dict[str, Any]] = {}
     for impl in ("columnar", "dict"):  # the compact one first: the other's RSS may reuse freed record chunks
-        gc.collect()
         rss0 = _rss()
         states[impl] = IMPLS[impl](maxlen=maxlen)
         load_s, _ = _load(states[impl], ids, parts, maxlen)
-        gc.collect()
         out[impl] = {
             "rss_bytes_per_user": round((_rss() - rss0) / users, 1),
             "rates": {"initial_load": {"ops_per_s": round(users / load_s), "runs_s": [round(load_s, 3)]}},
         }
+        if impl == "columnar":
+            out[impl]["nbytes_per_user"] = round(states[impl].nbytes() / users, 1)
     rng = np.random.default_rng(11)
     picks = [rng.integers(0, users, size=ops).tolist() for _ in range(runs)]
     lookups = [[int(ids[i]) for i in p] for p in picks]
@@ -270,7 +277,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=1_000_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--maxlen", type=int, default=20)
-    ap.add_argument("--ops", type=int, default=200_000)
+    ap.add_argument("--ops", type=int, default=100_000)
+    ap.add_argument("--traced", action="store_true", help="also count bytes with tracemalloc (minutes at 1M)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--impl", choices=sorted(IMPLS), help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=["memory", "speed"], help=argparse.SUPPRESS)
@@ -291,19 +299,16 @@ def main() -> None:
         "numpy": np.__version__,
         "cpus": os.cpu_count(),
     }
-    for impl in ("dict", "columnar"):
-        res[impl] = _run_child(args, "memory", impl)
     speed = _run_child(args, "speed")
     res["speed_wall_s"] = speed.pop("wall_s")
-    for impl, v in speed.items():
-        res[impl].update(v)
+    for impl in ("dict", "columnar"):
+        res[impl] = {**(_run_child(args, "memory", impl) if args.traced else {}), **speed[impl]}
     old, new = res["dict"], res["columnar"]
-    res["bytes_per_user"] = {
-        "before": old["traced_bytes_per_user"],
-        "after": new["traced_bytes_per_user"],
-        "rss_before": old["rss_bytes_per_user"],
-        "rss_after": new["rss_bytes_per_user"],
-    }
+    res["bytes_per_user"] = {"rss_before": old["rss_bytes_per_user"], "rss_after": new["rss_bytes_per_user"]}
+    if args.traced:
+        res["bytes_per_user"].update(
+            traced_before=old["traced_bytes_per_user"], traced_after=new["traced_bytes_per_user"]
+        )
     res["throughput_ratio_after_over_before"] = {
         k: round(new["rates"][k]["ops_per_s"] / old["rates"][k]["ops_per_s"], 2) for k in old["rates"]
     }
