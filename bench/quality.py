@@ -201,7 +201,7 @@ def run_dataset(args: argparse.Namespace, work: Path) -> dict:
     for n in (20, 50):
         r = most_popular(seqs, item_count, n, test)
         res["most_popular"].update({f"{m}@{n}": r[f"{m}@{n}"] for m in METRICS})
-    variants: dict[str, list[str]] = {m: [f"hyper_parameters.model={m}"] for m in args.models.split(",")}
+    variants: dict[str, list[str]] = {m: [f"hyper_parameters.model={m}"] for m in args.models.split(",") if m}
     if args.ablation:
         for name, extra in ABLATION.items():
             variants[f"mind {name}"] = ["hyper_parameters.model=mind", *extra]
@@ -221,7 +221,25 @@ def run_dataset(args: argparse.Namespace, work: Path) -> dict:
                 ratios[f"mind/{other}"] = round(mind / res[other]["recall@50"]["mean"], 3)
         ratios["mind/most_popular"] = round(mind / mp, 3) if mp else None
     res["ratios_recall@50"] = ratios
+    res["markdown"] = markdown_table(res)
     return res
+
+
+def markdown_table(res: dict) -> str:
+    """The docs/benchmarks.md table: mean ± std over the seeds, test users."""
+    cols = [f"{m}@{n}" for n in (20, 50) for m in ("recall", "ndcg", "hitrate")]
+    head = "| method | " + " | ".join(c.replace("hitrate", "HR").replace("recall", "R").replace("ndcg", "NDCG")
+                                     for c in cols) + " | epochs | train s |"
+    lines = [head, "|" + "---|" * (len(cols) + 3)]
+    for name, r in res.items():
+        if name in ("data", "seeds", "overrides", "meta", "ratios_recall@50", "markdown", "most_popular"):
+            continue
+        cells = [f"{r[c]['mean']:.4f} ± {r[c]['std']:.4f}" for c in cols]
+        tail = f" | {r['epoch']['mean'] + 1:.1f} | {r['train_s']['mean']:.0f} |"
+        lines.append(f"| {name} | " + " | ".join(cells) + tail)
+    mp = res["most_popular"]
+    lines.append("| most_popular | " + " | ".join(f"{mp[c]:.4f}" for c in cols) + " | - | - |")
+    return "\n".join(lines)
 
 
 def run_synth(args: argparse.Namespace, work: Path) -> dict:
@@ -302,6 +320,8 @@ def main() -> None:
     result["total_s"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=1)
     print(text)
+    if args.dataset:
+        print(result[args.dataset]["markdown"], file=sys.stderr)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")

@@ -100,17 +100,17 @@ class HyperParameters:
     maxlen: int = _positive(20)
     pow_p: float = _positive(1.0)
     capsual_iters: int = _positive(3)
-    capsual_max_k: int = _positive(4)
+    capsual_max_k: int = _positive(2)
     capsual_init_std: float = _positive(1.0)
     dynamic_k: bool = False
     relu_layer: bool = False
     resample_routing: bool = False
     sparse_embedding: bool = True
-    routing_per_sample: bool = False  # MIND: fresh random routing logits per training sample
+    routing_per_sample: bool = True  # MIND: fresh random routing logits per training sample
     hard_neg_beta: float = _non_negative(0.0)  # REMI hard negatives: weight exp(beta * score); 0: off
     routing_reg: float = _non_negative(0.0)  # REMI routing variance penalty lambda; 0: off
     readout: str = _one_of("auto", ("auto", "attention", "argmax"))  # training readout over interests
-    bilinear: str = _one_of("shared", ("shared", "per_interest"))  # MIND: one S, or one S_k per interest
+    bilinear: str = _one_of("per_interest", ("shared", "per_interest"))  # MIND: one S, or one S_k per interest
 
 
 @dataclass(frozen=True)

@@ -29,17 +29,17 @@ class NetConfig:
     hidden_size: int = 64
     maxlen: int = 20
     capsual_iters: int = 3
-    capsual_max_k: int = 4
+    capsual_max_k: int = 2
     capsual_init_std: float = 1.0
     pow_p: float = 1.0
     dynamic_k: bool = False
     relu_layer: bool = False
     resample_routing: bool = False
     sparse_embedding: bool = True
-    routing_per_sample: bool = False  # MIND: fresh random routing logits per training sample
+    routing_per_sample: bool = True  # MIND: fresh random routing logits per training sample
     hard_neg_beta: float = 0.0  # REMI interest-aware hard negatives (0: off)
     routing_reg: float = 0.0  # REMI routing/attention variance penalty lambda (0: off)
-    bilinear: str = "shared"  # MIND: one map S for all interests | per_interest: S_k (ComiRec-DR style)
+    bilinear: str = "per_interest"  # MIND: one map S for all interests | per_interest: S_k (ComiRec-DR style)
     readout: str = "auto"  # training readout: attention (label-aware, pow_p) | argmax (ComiRec) | auto
 
     @classmethod

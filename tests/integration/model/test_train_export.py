@@ -62,7 +62,8 @@ def test_export_and_tower_match_training_network(trained: Settings, tmp_path: Pa
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest
     assert len(manifest["model_version"]) == 12 and int(manifest["model_version"], 16) >= 0
-    assert (manifest["model"], manifest["dim"], manifest["k"], manifest["maxlen"]) == ("mind", 64, 4, 20)
+    k = trained.hyper_parameters.capsual_max_k
+    assert (manifest["model"], manifest["dim"], manifest["k"], manifest["maxlen"]) == ("mind", 64, k, 20)
     assert manifest["item_count"] == 1001 and manifest["n_items"] == 1000 and manifest["dynamic_k"] is False
     assert isinstance(manifest["created_ts"], int)
     assert (out / "user_tower.pdiparams").stat().st_size < 100_000  # the tower alone, no item table
@@ -83,7 +84,7 @@ def test_export_and_tower_match_training_network(trained: Settings, tmp_path: Pa
         tower = UserTower.load(out, engine=engine)
         assert tower.engine_name.startswith("paddle_inference" if engine == "inference" else "paddle_jit")
         assert tower.model_version == manifest["model_version"]
-        assert (tower.dim, tower.k, tower.maxlen) == (64, 4, 20)
+        assert (tower.dim, tower.k, tower.maxlen) == (64, k, 20)
         got, got_n = tower.encode(table[hist], lengths)
         np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(got_n, ref_n.numpy())

@@ -13,7 +13,9 @@ D, L, K = 8, 10, 4
 
 def _net(**kw: object) -> RecallNetwork:
     paddle.seed(0)
-    base = {"item_count": 50, "embedding_dim": D, "hidden_size": D, "maxlen": L, "capsual_max_k": K}
+    # The PaddleRec reference network (one shared map, fixed routing logits); options via kw.
+    base = {"item_count": 50, "embedding_dim": D, "hidden_size": D, "maxlen": L, "capsual_max_k": K,
+            "bilinear": "shared", "routing_per_sample": False}
     cfg = NetConfig(**{**base, **kw})  # type: ignore[arg-type]
     net = RecallNetwork(cfg, routing_seed=1)
     net.eval()
