@@ -310,16 +310,13 @@ def search_cost(
 
 def direct_engine(s: Settings, export: Path) -> tuple[Any, Any]:
     """(RecallEngine, its ItemStore) over the export's tower and item vectors and the configured Milvus,
-    built as the worker builds it (min_topn from the store); the caller closes the store."""
-    from model.tower import UserTower
-    from worker.recall import RecallEngine, load_export_items, load_popular, store_search
+    built by the worker's own factory (worker/engines.py); the caller closes the store."""
+    from worker.engines import engine_for_export
+    from worker.recall import load_export_items
     from worker.store import ItemStore
 
-    tower = UserTower.load(export)
     store = ItemStore(s.milvus)
-    eng = RecallEngine(tower, store_search(store, store.collection_name(tower.model_version)),
-                       load_export_items(export), load_popular(export), min_topn=store.free_topn())
-    return eng, store
+    return engine_for_export(s, export, store=store, items=load_export_items(export)), store
 
 
 def engine_direct(

@@ -38,7 +38,6 @@ from worker.recall import (
     load_export_items,
     load_into_store,
     load_popular,
-    store_search,
 )
 from worker.store import StoreError
 
@@ -90,7 +89,7 @@ class RecallService:
         if not found:
             raise FileNotFoundError(f"no export at {str(export_dir)[:200]} (manifest.json missing)")
         try:  # the cheap files first: a broken export fails before the tower is built
-            popular = load_popular(export_dir)
+            load_popular(export_dir)  # checked here: the engine (worker/engines.py) reads it again
             items: Any = load_export_items(export_dir)
             tower = UserTower.load(export_dir, use_gpu=self.s.runner.use_gpu)
             if getattr(self.live_items, "model_version", None) == tower.model_version:
@@ -104,27 +103,19 @@ class RecallService:
             if insert:
                 coll, written = load_into_store(self.store, export_dir, restore=True)
                 info.update(collection=coll, rows=self.store.count(coll), inserted=written)
-            self.engine = RecallEngine(
-                tower,
-                chunked_search(store_search(self.store, coll), self.s.milvus.search_chunk, lambda: self.deadline),
-                items,
-                popular,
-                exclude_seen=self.s.worker.exclude_seen,
-                metrics=self.metrics,
-                min_topn=self.store.free_topn(),
-            )
+            self.engine = self.engine_for(export_dir, items, tower=tower)
             self.collection, self.dropped = coll, None
         if self.metrics is not None:
             self.metrics.model_info.info({"model_version": tower.model_version})
         return info
 
-    def engine_for(self, export_dir: str | Path, items: Any) -> RecallEngine:
+    def engine_for(self, export_dir: str | Path, items: Any, tower: Any = None) -> RecallEngine:
         """An engine of this export for the HTTP path (its own tower: a predictor is not shared across
         threads; searches chunked under the request's deadline), built by the one factory."""
         from worker.engines import engine_for_export
 
         return engine_for_export(
-            self.s, export_dir, store=self.store, items=items, metrics=self.metrics,
+            self.s, export_dir, store=self.store, items=items, tower=tower, metrics=self.metrics,
             wrap_search=lambda search: chunked_search(search, self.s.milvus.search_chunk, lambda: self.deadline),
         )
 
