@@ -3,6 +3,8 @@ same seed, same number of steps (synthetic planted multi-interest data by defaul
 
     .venv/bin/python bench/model_quality.py [--users 20000 --items 5000 --epochs 2 --batches 600]
     .venv/bin/python bench/model_quality.py --data ../shared/data/amazonbook-demo --epochs 20 --batches 0
+    .venv/bin/python bench/model_quality.py --data ~/.cache/mind-recall/data/Beauty --epochs 10 --batches 0 \
+        --patience 2 --seed 1 --variants reference,reference+routing_per_sample,...   # scored on valid/
 
 Prints one JSON object; each variant also reports its training time.
 """
@@ -24,12 +26,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+REFERENCE = ["hyper_parameters.capsual_max_k=4", "hyper_parameters.bilinear=shared",
+             "hyper_parameters.routing_per_sample=false"]  # the PaddleRec MIND (defaults before issue 14)
 VARIANTS: dict[str, list[str]] = {
     "mind": [],
     "mind+dynamic_k": ["hyper_parameters.dynamic_k=true"],
     "mind+relu_layer": ["hyper_parameters.relu_layer=true"],
     "mind+resample_routing": ["hyper_parameters.resample_routing=true"],
     "single_vector": ["hyper_parameters.model=single_vector"],
+    "comirec_sa": ["hyper_parameters.model=comirec_sa"],
+    "reference": REFERENCE,
+    "reference+hard_neg_beta=10": [*REFERENCE, "hyper_parameters.hard_neg_beta=10"],
+    "reference+hard_neg_beta=1": [*REFERENCE, "hyper_parameters.hard_neg_beta=1"],
+    "reference+routing_reg=100": [*REFERENCE, "hyper_parameters.routing_reg=100"],
+    "reference+routing_per_sample": [*REFERENCE, "hyper_parameters.routing_per_sample=true"],
+    "reference+per_interest": [*REFERENCE, "hyper_parameters.bilinear=per_interest"],
+    "reference+k=2": [*REFERENCE, "hyper_parameters.capsual_max_k=2"],
+    "reference+argmax": [*REFERENCE, "hyper_parameters.readout=argmax"],
+    "mind+hard_neg_beta=1": ["hyper_parameters.hard_neg_beta=1"],
+    "mind+lr=0.01": ["hyper_parameters.optimizer.learning_rate=0.01"],
+    "mind+batch1024": ["runner.train_batch_size=1024", "hyper_parameters.neg_samples=5000"],
 }
 
 
@@ -47,7 +63,8 @@ def main() -> None:
     p.add_argument("--neg-samples", type=int, default=1280)
     p.add_argument("--top-n", type=int, default=50)
     p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default="mind,mind+dynamic_k,mind+relu_layer,mind+resample_routing,single_vector")
+    p.add_argument("--patience", type=int, default=0, help="early stopping on DATA/valid Recall@50 (0: off)")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="model_quality_"))
     if a.data:
@@ -79,6 +96,7 @@ def _run(a: argparse.Namespace, data: Path, work: Path) -> dict:
         f"runner.train_data_dir={data / 'train'}", f"runner.test_data_dir={data / 'valid'}",
         "runner.progress=false", f"runner.epochs={a.epochs}", f"runner.batches_per_epoch={a.batches}",
         f"runner.seed={a.seed}", f"hyper_parameters.neg_samples={a.neg_samples}", "runner.keep_checkpoints=1",
+        f"runner.early_stop_patience={a.patience}",
     ]
     results: dict = {}
     base = load(None, overrides=[*common, f"runner.model_save_path={work / 'none'}"], env={})
