@@ -51,9 +51,11 @@ def _ok_recall(client: TestClient, top_k: int = 10) -> dict[str, Any]:
 
 
 def test_the_abusive_recall_is_refused_at_once_and_the_service_keeps_answering(
-    served: tuple[TestClient, Settings, ItemStore],
+    served: tuple[TestClient, Settings, ItemStore], export_base: Path
 ) -> None:
     client, s, _ = served
+    k = int(json.loads((export_base / "export" / "manifest.json").read_text())["k"])  # interests per history
+    budget = s.http.max_recall_work
     body = json.dumps({"top_k": 500, "hist_item": [list(range(1, 400))] * 1024}).encode()
     assert 1_800_000 < len(body) < s.http.max_body_bytes  # the 1.9 MB request, within the body limit
     t0 = time.monotonic()
@@ -61,22 +63,25 @@ def test_the_abusive_recall_is_refused_at_once_and_the_service_keeps_answering(
     took = time.monotonic() - t0
     assert r.status_code == 413, r.text[:300]
     detail = r.json()["detail"]
-    assert "1024 histories x 4 interests = 4096 vectors x 602 hits" in detail, detail  # 500 + 399/4 + 2
-    assert "= 2465792 > http.max_recall_work=262144" in detail, detail
+    hits = 500 + (399 + 3) // 4 + 2  # top_k + seen/4 + 2 = 602
+    assert f"1024 histories x {k} interests = {1024 * k} vectors x {hits} hits" in detail, detail
+    assert f"= {1024 * k * hits} > http.max_recall_work={budget}" in detail, detail
     assert took < 5, took  # parsed and refused; nothing reached Milvus (it took 11 s and a 500 before)
     t0 = time.monotonic()
     assert len(_ok_recall(client)["results"][0]["items"]) == 10
     assert time.monotonic() - t0 < 2
-    # within the budget is served (20 x 4 x 602 = 48160); the boundary: 108 histories (260064) would be
-    # searched, 109 (262472) is refused
+    # within the budget is served; one history more than the budget allows is refused
     r = client.post("/rec/recall", json={"top_k": 500, "hist_item": [list(range(1, 400))] * 20})
     assert r.status_code == 200, r.text[:300]
     assert len(r.json()["results"]) == 20
-    r = client.post("/rec/recall", json={"top_k": 500, "hist_item": [list(range(1, 400))] * 109})
-    assert r.status_code == 413 and "= 262472 >" in r.json()["detail"]
-    # the hits count the seen ids (exclude_seen): 1024 one-id histories at top_k 62 are 4096 x 65 hits
-    r = client.post("/rec/recall", json={"top_k": 62, "hist_item": [[3]] * 1024})
-    assert r.status_code == 413 and "x 65 hits" in r.json()["detail"]  # 62 + ceil(1/4) + 2
+    over = budget // (k * hits) + 1
+    r = client.post("/rec/recall", json={"top_k": 500, "hist_item": [list(range(1, 400))] * over})
+    assert r.status_code == 413 and f"= {over * k * hits} >" in r.json()["detail"]
+    # the hits count the seen ids (exclude_seen): 399 seen ids at top_k 62 are 62 + 100 + 2 hits
+    over = budget // (k * 164) + 1
+    assert over <= s.http.max_histories
+    r = client.post("/rec/recall", json={"top_k": 62, "hist_item": [list(range(1, 400))] * over})
+    assert r.status_code == 413 and "x 164 hits" in r.json()["detail"]
 
 
 @pytest.mark.parametrize(
