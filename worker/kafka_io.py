@@ -559,7 +559,8 @@ def delete_topics(settings: Settings, names: Iterable[str], timeout_s: float = 3
     names = list(names)
     if not names:
         return
-    for name, future in _admin(settings).delete_topics(names, operation_timeout=timeout_s).items():
+    admin = _admin(settings)  # held until the futures resolve: a collected client fails them (_DESTROY)
+    for name, future in admin.delete_topics(names, operation_timeout=timeout_s).items():
         try:
             future.result(timeout=timeout_s)
         except confluent_kafka.KafkaException as e:
