@@ -14,7 +14,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ from mind_recall.wire import encode_click, encode_request
 from worker import kafka_io
 from worker.item_writer import ItemWriter
 from worker.items import load_export
-from worker.recall import load_into_store
 from worker.store import ItemStore
 
 pytestmark = pytest.mark.integration
@@ -164,14 +163,6 @@ def items(rng: random.Random, version: str, dim: int) -> tuple[list[Record], dic
 
 
 # -- the run ----------------------------------------------------------------------------------------
-@pytest.fixture
-def store(settings: Settings, export_base: Path) -> Iterator[ItemStore]:
-    s = ItemStore(settings.milvus)
-    load_into_store(s, export_base / "export")
-    yield s
-    s.close()
-
-
 def _produce(settings: Settings, topic: str, records: list[Record]) -> list[int]:
     """Send in order to partition 0 and return each record's offset."""
     p = kafka_io.make_producer(settings, linger_ms=20)

@@ -7,7 +7,6 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from mind_recall.wire import encode_request, user_key
 from worker import kafka_io
 from worker.item_writer import ItemWriter
 from worker.metrics import Metrics
-from worker.recall import load_into_store
 from worker.store import ItemStore, StoreError
 
 pytestmark = pytest.mark.integration
@@ -40,14 +38,6 @@ def _settings(settings: Settings, export_base: Path, *extra: str) -> Settings:
         f"worker.export_dir={export_base / 'export'}", "topics.partitions=1", "worker.batch_ms=5",
         "worker.session_timeout_ms=6000", *extra,
     )
-
-
-@pytest.fixture
-def store(settings: Settings, export_base: Path) -> Iterator[ItemStore]:
-    s = ItemStore(settings.milvus)
-    load_into_store(s, export_base / "export")
-    yield s
-    s.close()
 
 
 def _produce(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from recall_testkit import (
 from mind_recall.settings import Settings
 from mind_recall.wire import encode_click, encode_request, user_key
 from worker import kafka_io
-from worker.recall import load_into_store
 from worker.recall_worker import RecallWorker
 from worker.store import ItemStore
 
@@ -43,14 +41,6 @@ def _settings(settings: Settings, export_base: Path, *extra: str) -> Settings:
         "worker.session_timeout_ms=6000",
         *extra,
     )
-
-
-@pytest.fixture
-def store(settings: Settings, export_base: Path) -> Iterator[ItemStore]:
-    s = ItemStore(settings.milvus)
-    load_into_store(s, export_base / "export")
-    yield s
-    s.close()
 
 
 def _send(settings: Settings, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
