@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -298,3 +299,34 @@ class Running:
         if self.follower is not None:
             self.follower.stop()
         assert self.error is None, self.error
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MilvusServer:
+    """Milvus Lite served over gRPC on a fixed port, so it can stop and come back at the same address."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port, self.data = _free_port(), str(data_dir)
+        self.server: Any = None
+        self.db: Any = None
+        self.start()
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from milvus_lite.adapter.grpc.server import start_server_in_thread
+
+        self.server, self.db, _ = start_server_in_thread(data_dir=self.data, host="127.0.0.1", port=self.port)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(grace=0)
+            self.db.close()
+            self.server = self.db = None

@@ -4,13 +4,12 @@ is down, never 500, and recall serves again once it is back."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from recall_testkit import MilvusServer
 
 from mind_recall.settings import Settings
 from worker.http_api import create_app, make_service
@@ -18,30 +17,6 @@ from worker.metrics import Metrics
 from worker.store import ItemStore
 
 pytestmark = pytest.mark.integration
-
-
-class MilvusServer:
-    """Milvus Lite served over gRPC on a fixed port, so it can stop and come back at the same address."""
-
-    def __init__(self, data_dir: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self.data = str(data_dir)
-        self.server: Any = None
-        self.db: Any = None
-        self.start()
-
-    def start(self) -> None:
-        from milvus_lite.adapter.grpc.server import start_server_in_thread
-
-        self.server, self.db, _ = start_server_in_thread(data_dir=self.data, host="127.0.0.1", port=self.port)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(grace=0)
-            self.db.close()
-            self.server = self.db = None
 
 
 def test_milvus_down_is_503_on_every_endpoint_and_recall_comes_back(export_base: Path, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ Promise: requests wait (retry with backoff) and are all answered once Milvus is 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from recall_testkit import KTopicPartition, committed_total, make_consumer, spawn_recall_worker, stop_process
+from recall_testkit import (
+    KTopicPartition,
+    MilvusServer,
+    committed_total,
+    make_consumer,
+    spawn_recall_worker,
+    stop_process,
+)
 
 from mind_recall.settings import Settings
 from mind_recall.wire import encode_request, user_key
@@ -26,37 +32,6 @@ from worker.recall_worker import RecallWorker
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
 EXIT_OUTAGE = 3  # App: a role past worker.outage_limit_s
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class MilvusServer:
-    """Milvus Lite served over gRPC on a fixed port, so it can stop and come back at the same address."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port, self.data = _free_port(), str(data_dir)
-        self.server: Any = None
-        self.db: Any = None
-        self.start()
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        from milvus_lite.adapter.grpc.server import start_server_in_thread
-
-        self.server, self.db, _ = start_server_in_thread(data_dir=self.data, host="127.0.0.1", port=self.port)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(grace=0)
-            self.db.close()
-            self.server = self.db = None
 
 
 @pytest.fixture
