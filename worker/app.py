@@ -157,6 +157,7 @@ class App:
         from model.tower import UserTower
         from worker.engines import engine_for_export
         from worker.items import start_item_cache
+        from worker.model_watch import NotServable
 
         s, export = self.settings, Path(ann.export_dir)
         deadline = time.monotonic() + s.worker.rollout_ready_timeout_s
@@ -168,13 +169,13 @@ class App:
         coll = self.store.collection_name(ann.model_version)
         while coll not in self.store.list_collections() or self.store.count(coll) < ann.rows:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"collection {coll} does not hold the announced {ann.rows} rows after "
+                raise NotServable(f"collection {coll} does not hold the announced {ann.rows} rows after "
                                    f"worker.rollout_ready_timeout_s={s.worker.rollout_ready_timeout_s:g}")
             time.sleep(0.5)
         items, follower = start_item_cache(s, export, self.metrics, wait_s=max(1.0, deadline - time.monotonic()))
         try:
             if not follower.caught_up.is_set():
-                raise TimeoutError(f"the item cache of {ann.model_version} did not catch up with the item topic")
+                raise NotServable(f"the item cache of {ann.model_version} did not catch up with the item topic")
             engine = http_engine = None
             if self.recall_worker is not None:
                 engine = engine_for_export(s, export, store=self.store, items=items, tower=tower,

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from worker import kafka_io
-from worker.outage import Outage, OutageError
+from worker.outage import Outage, OutageError, transient
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,11 @@ def announce(settings: Any, ann: Announcement) -> None:
         raise kafka_io.KafkaError(f"announcing model {ann.model_version} failed: {d.exception}")
 
 
+class NotServable(RuntimeError):
+    """The announced model is not servable (its export, its item cache or its collection): a failed
+    rollout, not an outage; the old model goes on serving."""
+
+
 class ModelWatcher:
     """Follows the control topic; ``prepare(ann)`` builds what serves that version (raising if it cannot),
     ``switch(prepared)`` swaps it in, ``current()`` is the version served now. ``fatal`` is set when the
@@ -120,6 +125,7 @@ class ModelWatcher:
     ) -> None:
         self.s, self.current, self.prepare, self.switch, self.metrics = settings, current, prepare, switch, metrics
         self.failed: Announcement | None = None  # the last announcement that could not be served
+        self._again: tuple[Announcement, float] | None = None  # prepare met an outage: try again at this time
         self.fatal: BaseException | None = None
         self.switched = threading.Event()  # set after each switch (tests)
         self._stop = threading.Event()
@@ -154,7 +160,10 @@ class ModelWatcher:
                                 last = Announcement.decode(r.value)
                             except ValueError as e:
                                 log.warning("model control topic: offset %d skipped: %s", r.offset, e)
+                    if last is None and self._again is not None and time.monotonic() >= self._again[1]:
+                        last = self._again[0]
                     if last is not None:
+                        self._again = None
                         self._consider(last)
             except Exception as e:
                 try:
@@ -185,6 +194,11 @@ class ModelWatcher:
         except OutageError:
             raise
         except Exception as e:  # the export and the collection are input: whatever is wrong with them
+            if transient(e):  # Milvus or Kafka away meanwhile: not the new model's fault, try it again
+                self._again = (ann, time.monotonic() + max(1.0, self.s.worker.retry_backoff_s * 4))
+                log.warning("model %s: preparing it met an outage (%s: %s); trying again",
+                            ann.model_version, type(e).__name__, e)
+                return
             self.failed = ann
             log.error("model %s cannot be served, still serving %s: %s: %s",
                       ann.model_version, self.current(), type(e).__name__, e)
