@@ -19,13 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from mind_recall.cliargs import add_config_args
+from mind_recall.item_wire import encode_item_event, now_ms
 from mind_recall.settings import Settings
+from mind_recall.wire import encode_request, user_key
 
 STAGES = ("encode", "search", "merge", "publish")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from mind_recall.cliargs import add_config_args
 
     p = sub.add_parser("demo", help="end-to-end demo on the embedded defaults (local Kafka + Milvus Lite)")
     add_config_args(p)
@@ -123,8 +125,6 @@ def run_demo(base: Settings, args: argparse.Namespace) -> int:
     import os
     import warnings
 
-    from mind_recall.item_wire import encode_item_event, now_ms
-    from mind_recall.wire import encode_request, user_key
     from model import synth
     from model.data import read_eval, read_train
     from model.export import export_checkpoint

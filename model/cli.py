@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from mind_recall.cliargs import add_config_args
 from mind_recall.settings import Settings
 
 
@@ -51,7 +52,6 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    from mind_recall.cliargs import add_config_args
     from model.infer import add_eval_args
 
     p = sub.add_parser("train", help="train MIND / the single-vector baseline (checkpoint per epoch)")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mind_recall import logs
 from mind_recall.settings import Settings, load
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,6 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mind_recall import logs
 
     p = argparse.ArgumentParser(prog="python -m model.infer", description="evaluate a MIND checkpoint")
     p.add_argument("-m", "--config", metavar="FILE")

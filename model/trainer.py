@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from mind_recall import logs
 from mind_recall.settings import Settings, load
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mind_recall import logs
 
     args = parse_args(argv)
     logs.setup()

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from mind_recall.cliargs import add_config_args
+from mind_recall.item_wire import encode_item_event, now_ms
 from mind_recall.settings import Settings
 
 Event = tuple[int, "np.ndarray | None", str, int]  # (item_id, vector or None = delete, model_version, ts)
 
 
 def add_produce_commands(produce_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from mind_recall.cliargs import add_config_args
 
     p = produce_sub.add_parser("items", help="publish an export's item vectors to [item-embeddings]")
     add_config_args(p)
@@ -84,7 +85,6 @@ def publish(
     live_ts: bool = False,
 ) -> int:
     """Send events to [item-embeddings]; ``live_ts`` stamps each with the send time (freshness probes)."""
-    from mind_recall.item_wire import encode_item_event, now_ms
     from worker import kafka_io
 
     kafka_io.ensure_item_topic(settings)
@@ -117,7 +117,6 @@ def publish(
 
 
 def _produce_items(settings: Settings, args: argparse.Namespace) -> int:
-    from mind_recall.item_wire import now_ms
     from worker.items import load_export
 
     version, _dim, ids, vecs, _created = load_export(args.export)

@@ -23,14 +23,15 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mind_recall.cliargs import add_config_args
 from mind_recall.settings import Settings
+from mind_recall.wire import encode_click, encode_request, user_key
 
 log = logging.getLogger(__name__)
 
 
 def replay_clicks(settings: Settings, data_dir: str | Path, *, users: int | None = None, rate: float = 0.0) -> int:
     """Publish every user's training sequence (in order) as clicks; returns the number sent."""
-    from mind_recall.wire import encode_click, user_key
     from model.data import read_train
     from worker import kafka_io
 
@@ -77,7 +78,6 @@ def run_open_loop(
     Returns sent/received counts, achieved throughput and latency percentiles (ms). ``hist_of(user)``
     supplies an explicit hist_item (None: the worker's stored history).
     """
-    from mind_recall.wire import encode_request, user_key
     from worker import kafka_io
 
     t = settings.topics
@@ -224,7 +224,6 @@ def _requests(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def add_produce_commands(produce_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from mind_recall.cliargs import add_config_args
 
     c = produce_sub.add_parser("clicks", help="replay a train file/dir (uid,item_id,order) as click events")
     add_config_args(c)

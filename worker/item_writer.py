@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from mind_recall import logs
 from mind_recall.item_wire import ItemEvent, decode_item_event, now_ms, reason_code
-from mind_recall.settings import Settings
+from mind_recall.settings import ConfigError, Settings, load
 from mind_recall.wire import DeadLetter
 from worker import kafka_io
 from worker.metrics import Metrics
@@ -481,8 +482,6 @@ class ItemWriter:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m worker.item_writer [-m CFG] [-o k=v ...]``: the same as ``mind-recall items write``."""
-    from mind_recall import logs
-    from mind_recall.settings import ConfigError, load
     from worker.metrics import serve
 
     p = argparse.ArgumentParser(prog="python -m worker.item_writer", description=__doc__.splitlines()[0])

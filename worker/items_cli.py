@@ -8,13 +8,13 @@ import logging
 import sys
 from typing import Any
 
+from mind_recall.cliargs import add_config_args
 from mind_recall.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from mind_recall.cliargs import add_config_args
 
     items = sub.add_parser("items", help="item vectors: writer, rollout, drop, status")
     isub = items.add_subparsers(dest="items_command", metavar="ACTION")

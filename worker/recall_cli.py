@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from mind_recall.cliargs import add_config_args
 from mind_recall.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from mind_recall.cliargs import add_config_args
 
     w = sub.add_parser(
         "worker",
