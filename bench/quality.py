@@ -120,7 +120,8 @@ def run_amazon(args: argparse.Namespace, work: Path) -> dict:
     data = Path(args.amazon_dir)
     if not (data / "train").is_dir():
         return {"skipped": f"{data} not found"}
-    overrides = [f"runner.epochs={args.amazon_epochs}", f"runner.batches_per_epoch={args.amazon_batches}"]
+    overrides = [f"runner.epochs={args.amazon_epochs}", f"runner.batches_per_epoch={args.amazon_batches}",
+                 *args.override]
     seeds = [int(s) for s in args.seeds.split(",")]
     res: dict[str, Any] = {"data": str(data), "seeds": seeds, "overrides": overrides}
     for model in ("mind", "single_vector"):
@@ -259,6 +260,7 @@ def run_synth(args: argparse.Namespace, work: Path) -> dict:
     overrides = [
         f"runner.epochs={args.synth_epochs}", f"runner.batches_per_epoch={args.synth_batches}",
         f"hyper_parameters.embedding_dim={args.synth_dim}", f"hyper_parameters.hidden_size={args.synth_dim}",
+        *args.override,
     ]
     meta = {k: v for k, v in ds.meta.items() if k != "params"}
     res: dict[str, Any] = {"data": meta, "params": ds.meta["params"], "generate_s": round(gen_s, 2),
@@ -303,7 +305,7 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--ablation", action="store_true", help="also MIND with each training option switched")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every trained model (--dataset mode)")
+                   help="config override for every trained model")
     args = p.parse_args()
 
     warnings.filterwarnings("ignore")
