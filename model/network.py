@@ -80,6 +80,12 @@ def squash(x: paddle.Tensor, eps: float = 1e-9) -> paddle.Tensor:
     return x * (sq / (1.0 + sq) / paddle.sqrt(sq + eps))
 
 
+def valid_mask(lengths: paddle.Tensor, seq_len: int) -> paddle.Tensor:
+    """[B, L] float32: 1 at the positions before each history's length (histories are right-padded)."""
+    pos = paddle.arange(seq_len, dtype="int64").unsqueeze(0)  # [1, L]
+    return (pos < lengths.astype("int64").unsqueeze(1)).astype("float32")
+
+
 def interest_count(lengths: paddle.Tensor, k_max: int) -> paddle.Tensor:
     """MIND's dynamic interest number ``max(1, min(K, floor(log2 |history|)))`` as int64 [B].
 
@@ -135,8 +141,7 @@ class CapsuleTower(nn.Layer):
         k = self.cfg.capsual_max_k
         seq_len = hist.shape[1]
         lengths = lengths.astype("int64")
-        pos = paddle.arange(seq_len, dtype="int64").unsqueeze(0)  # [1, L]
-        valid = (pos < lengths.unsqueeze(1)).astype("float32")  # [B, L]
+        valid = valid_mask(lengths, seq_len)  # [B, L]
         if self.per_interest:
             # Behaviour l as seen by interest k: a list of K [B, L, H] (K batched 3-D matmuls train ~6x
             # faster in Paddle 3.3 on CPU than one [B, K, L, H] tensor with 4-D transposes/broadcasts).
@@ -202,8 +207,7 @@ class MeanPoolTower(nn.Layer):
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
         seq_len = hist.shape[1]
         lengths = lengths.astype("int64")
-        pos = paddle.arange(seq_len, dtype="int64").unsqueeze(0)
-        valid = (pos < lengths.unsqueeze(1)).astype("float32").unsqueeze(-1)  # [B, L, 1]
+        valid = valid_mask(lengths, seq_len).unsqueeze(-1)  # [B, L, 1]
         total = paddle.sum(hist * valid, axis=1)
         count = paddle.clip(lengths.astype("float32"), min=1.0).unsqueeze(-1)
         user = total / count
@@ -235,8 +239,7 @@ class SelfAttentiveTower(nn.Layer):
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
         seq_len = hist.shape[1]
         lengths = lengths.astype("int64")
-        pos = paddle.arange(seq_len, dtype="int64").unsqueeze(0)
-        valid = (pos < lengths.unsqueeze(1)).astype("float32")  # [B, L]
+        valid = valid_mask(lengths, seq_len)  # [B, L]
         emb = hist * valid.unsqueeze(-1)
         x = emb + self.pos[:, :seq_len]
         logits = paddle.transpose(self.w2(paddle.tanh(self.w1(x))), [0, 2, 1])  # [B, K, L]
