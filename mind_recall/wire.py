@@ -71,14 +71,19 @@ class DeadLetter:
         as the broker allows must still reach the DLQ: with its headers the full copy would not fit."""
         if self.size() <= max_bytes:
             return self
-        meta: list[tuple[str, bytes]] = [("truncated", b"true")]
-        for name, raw in (("value", self.value), ("key", self.key)):
-            if raw is not None:
-                meta += [(f"original_{name}_size", str(len(raw)).encode()),
-                         (f"original_{name}_sha256", hashlib.sha256(raw).hexdigest().encode())]
-        key = None if self.key is None else self.key[:DLQ_PREFIX_BYTES]
-        value = None if self.value is None else self.value[:DLQ_PREFIX_BYTES]
-        return dataclasses.replace(self, key=key, value=value, truncated=tuple(meta))
+        key, value, meta = cut(self.key, self.value)
+        return dataclasses.replace(self, key=key, value=value, truncated=meta)
+
+
+def cut(key: bytes | None, value: bytes | None) -> tuple[bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]:
+    """(key prefix, value prefix, headers that describe the originals: ``truncated``, their sizes and SHA-256)."""
+    meta: list[tuple[str, bytes]] = [("truncated", b"true")]
+    for name, raw in (("value", value), ("key", key)):
+        if raw is not None:
+            meta += [(f"original_{name}_size", str(len(raw)).encode()),
+                     (f"original_{name}_sha256", hashlib.sha256(raw).hexdigest().encode())]
+    return (None if key is None else key[:DLQ_PREFIX_BYTES], None if value is None else value[:DLQ_PREFIX_BYTES],
+            tuple(meta))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from mind_recall.wire import (
     Limits,
     RecallRequest,
     RequestError,
+    cut,
     decode_click,
     decode_request,
     encode_error,
@@ -495,11 +496,11 @@ class RecallWorker:
         it would block the partition forever. A dead letter that was refused is cut to its prefix."""
         topic, key, value, _partition, headers = send
         if topic == self.s.topics.dlq:  # already a dead letter: keep its headers, cut key and value
-            cut = DeadLetter(topic, -1, -1, key, value, "", "").fit(0)
+            short_key, short_value, meta = cut(key, value)
             headers = list(headers or [])
             if not any(name == "truncated" for name, _ in headers):  # else they describe the original already
-                headers += list(cut.truncated)
-            return (topic, cut.key, cut.value, None, headers)
+                headers += list(meta)
+            return (topic, short_key, short_value, None, headers)
         d = DeadLetter(topic, -1, -1, key, value, "undeliverable", f"undeliverable: {why}")
         d = d.fit(self.s.worker.dlq_max_bytes)
         log.error("a %s record (%d bytes) was refused by the broker (%s); sent to the DLQ instead",
