@@ -5,6 +5,7 @@ partition starts after a rebalance, which records to read again, which history p
 (commit, seek, committed); every decision is here, so it is unit-tested without a broker
 (tests/unit/worker/test_ledger.py) and the integration tests cover the Kafka calls around it.
 
+Partitions are anything hashable with ``topic`` and ``partition`` (kafka_io.TopicPartition in the worker).
 Terms: an *offset* is always the next offset to read (Kafka's commit convention). A batch is *finished*
 once its results and changelog were produced and flushed; only then are its offsets *due* for commit.
 """
@@ -13,14 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
-
-
-class TP(NamedTuple):
-    """A topic partition (kafka_io.TopicPartition has the same fields and compares equal)."""
-
-    topic: str
-    partition: int
+from typing import Any
 
 
 def _lowest(into: dict[Any, int], tp: Any, off: int) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from worker.ledger import TP, Ledger
+from worker.kafka_io import TopicPartition as TP
+from worker.ledger import Ledger
 
 C0, C1, R0, R1 = TP("clicks", 0), TP("clicks", 1), TP("req", 0), TP("req", 1)
 
