@@ -492,7 +492,8 @@ def main() -> int:
     )
     manifest = json.loads((export / "manifest.json").read_text())
     run_id = uuid.uuid4().hex[:8]
-    topics = ["clicks", "item_embeddings", "recall_requests", "recall_results", "dlq", "history_changelog"]
+    topics = ["clicks", "item_embeddings", "recall_requests", "recall_results", "dlq", "history_changelog",
+              "model_control"]  # the run's own: no announcement from elsewhere switches its workers
     s = load(
         None,
         overrides=[
