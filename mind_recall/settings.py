@@ -111,6 +111,7 @@ class HyperParameters:
     routing_reg: float = _non_negative(0.0)  # REMI routing variance penalty lambda; 0: off
     readout: str = _one_of("auto", ("auto", "attention", "argmax"))  # training readout over interests
     bilinear: str = _one_of("per_interest", ("shared", "per_interest"))  # MIND: one S, or one S_k per interest
+    bilinear_init: str = _one_of("identity", ("identity", "normal"))  # MIND: S starts as I + noise, or N(0, 1/D)
 
 
 @dataclass(frozen=True)

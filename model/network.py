@@ -41,6 +41,7 @@ class NetConfig:
     routing_reg: float = 0.0  # REMI routing/attention variance penalty lambda (0: off)
     bilinear: str = "per_interest"  # MIND: one map S for all interests | per_interest: S_k (ComiRec-DR style)
     readout: str = "auto"  # training readout: attention (label-aware, pow_p) | argmax (ComiRec) | auto
+    bilinear_init: str = "identity"  # MIND: S (each S_k) starts as identity + N(0, 0.01/D) | normal: N(0, 1/D)
 
     @classmethod
     def from_settings(cls, hp: Any, item_count: int) -> NetConfig:
@@ -51,7 +52,7 @@ class NetConfig:
             dynamic_k=hp.dynamic_k, relu_layer=hp.relu_layer, resample_routing=hp.resample_routing,
             sparse_embedding=hp.sparse_embedding, routing_per_sample=hp.routing_per_sample,
             hard_neg_beta=hp.hard_neg_beta, routing_reg=hp.routing_reg, readout=hp.readout,
-            bilinear=hp.bilinear,
+            bilinear=hp.bilinear, bilinear_init=hp.bilinear_init,
         )
 
     @property
@@ -63,6 +64,9 @@ class NetConfig:
             raise ValueError(f"hyper_parameters.model: expected mind|comirec_sa|single_vector, got {self.model!r}")
         if self.bilinear not in ("shared", "per_interest"):
             raise ValueError(f"hyper_parameters.bilinear: expected shared|per_interest, got {self.bilinear!r}")
+        if self.bilinear_init not in ("identity", "normal"):
+            raise ValueError(
+                f"hyper_parameters.bilinear_init: expected identity|normal, got {self.bilinear_init!r}")
         if self.readout not in ("auto", "attention", "argmax"):
             raise ValueError(f"hyper_parameters.readout: expected auto|attention|argmax, got {self.readout!r}")
         if self.item_count < 2:
@@ -101,17 +105,24 @@ def interest_count(lengths: paddle.Tensor, k_max: int) -> paddle.Tensor:
 
 class CapsuleTower(nn.Layer):
     """B2I dynamic routing (MIND): one shared bilinear map S (or one per interest, ``bilinear=per_interest``,
-    as ComiRec-DR), fixed random routing logits, squash."""
+    as ComiRec-DR), started near the identity (``bilinear_init``), fixed random routing logits, squash."""
 
     def __init__(self, cfg: NetConfig, routing_seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         d, h, k, length = cfg.embedding_dim, cfg.hidden_size, cfg.capsual_max_k, cfg.maxlen
         self.per_interest = cfg.bilinear == "per_interest"
-        self.bilinear = self.create_parameter(
-            [k, d, h] if self.per_interest else [d, h],
-            default_initializer=nn.initializer.Normal(std=1.0 / np.sqrt(d)),
-        )
+        shape = [k, d, h] if self.per_interest else [d, h]
+        if cfg.bilinear_init == "identity":
+            # S_k = I + small noise: training starts from (routing-weighted) mean pooling of the item
+            # vectors, the single vector's strong start, instead of a random bilinear similarity it must
+            # first learn; the noise makes the K maps differ. Measured in docs/benchmarks.md (model quality).
+            noise = np.random.default_rng(routing_seed + 1).normal(0.0, 0.1 / np.sqrt(d), shape)
+            init = (np.broadcast_to(np.eye(d, h), shape) + noise).astype(np.float32)
+            self.bilinear = self.create_parameter(shape, default_initializer=nn.initializer.Assign(init))
+        else:
+            self.bilinear = self.create_parameter(
+                shape, default_initializer=nn.initializer.Normal(std=1.0 / np.sqrt(d)))
         # Routing logits are drawn once and never trained (MIND §3.2); a persistable buffer so the
         # checkpoint and the export carry the very same values.
         rng = np.random.default_rng(routing_seed)

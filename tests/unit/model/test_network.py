@@ -13,9 +13,9 @@ D, L, K = 8, 10, 4
 
 def _net(**kw: object) -> RecallNetwork:
     paddle.seed(0)
-    # The PaddleRec reference network (one shared map, fixed routing logits); options via kw.
+    # The PaddleRec reference network (one shared random map, fixed routing logits); options via kw.
     base = {"item_count": 50, "embedding_dim": D, "hidden_size": D, "maxlen": L, "capsual_max_k": K,
-            "bilinear": "shared", "routing_per_sample": False}
+            "bilinear": "shared", "routing_per_sample": False, "bilinear_init": "normal"}
     cfg = NetConfig(**{**base, **kw})  # type: ignore[arg-type]
     net = RecallNetwork(cfg, routing_seed=1)
     net.eval()
@@ -246,3 +246,35 @@ def test_per_interest_bilinear_with_equal_maps_is_the_shared_one() -> None:
     per.tower.bilinear.set_value(np.random.default_rng(6).standard_normal((K, D, D)).astype("float32"))
     c, _ = _encode(per, hist, lens)
     assert not np.allclose(a, c, atol=1e-3)
+
+
+@pytest.mark.parametrize("bilinear", ["shared", "per_interest"])
+def test_identity_bilinear_starts_as_pooling(bilinear: str) -> None:
+    net = _net(bilinear=bilinear, bilinear_init="identity")
+    s = net.tower.bilinear.numpy().reshape(-1, D, D)
+    # Near the identity, and (per interest) the K maps differ: the noise breaks their symmetry.
+    assert np.abs(s - np.eye(D)).mean() < 0.05 and np.abs(s - np.eye(D)).max() < 0.25
+    assert np.abs(s - np.eye(D)).max() > 0.0
+    if bilinear == "per_interest":
+        assert not np.allclose(s[0], s[1])
+    # A one-item history: every interest points along that item's vector, as mean pooling would.
+    hist = np.zeros((1, L, D), dtype="float32")
+    hist[0, 0] = np.random.default_rng(7).standard_normal(D)
+    out, _ = _encode(net, hist, np.array([1]))
+    cos = out[0] @ hist[0, 0] / (np.linalg.norm(out[0], axis=1) * np.linalg.norm(hist[0, 0]))
+    assert cos.min() > 0.95
+    # The normal init is a random map: no such alignment.
+    rnd, _ = _encode(_net(bilinear=bilinear, bilinear_init="normal"), hist, np.array([1]))
+    assert (rnd[0] @ hist[0, 0] / (np.linalg.norm(rnd[0], axis=1) * np.linalg.norm(hist[0, 0]))).max() < 0.9
+
+
+def test_identity_bilinear_is_seeded_by_the_routing_seed() -> None:
+    cfg = NetConfig(item_count=50, embedding_dim=D, hidden_size=D, maxlen=L, capsual_max_k=K)
+    a, b = RecallNetwork(cfg, routing_seed=3), RecallNetwork(cfg, routing_seed=3)
+    np.testing.assert_array_equal(a.tower.bilinear.numpy(), b.tower.bilinear.numpy())
+    assert not np.array_equal(a.tower.bilinear.numpy(), RecallNetwork(cfg, routing_seed=4).tower.bilinear.numpy())
+
+
+def test_bilinear_init_is_validated() -> None:
+    with pytest.raises(ValueError, match="bilinear_init.*'zeros'"):
+        RecallNetwork(NetConfig(item_count=10, embedding_dim=8, hidden_size=8, bilinear_init="zeros"))
