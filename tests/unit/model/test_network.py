@@ -276,5 +276,5 @@ def test_identity_bilinear_is_seeded_by_the_routing_seed() -> None:
 
 
 def test_bilinear_init_is_validated() -> None:
-    with pytest.raises(ValueError, match="bilinear_init.*'zeros'"):
+    with pytest.raises(ValueError, match=r"bilinear_init.*'zeros'"):
         RecallNetwork(NetConfig(item_count=10, embedding_dim=8, hidden_size=8, bilinear_init="zeros"))
