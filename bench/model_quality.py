@@ -27,10 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 REFERENCE = ["hyper_parameters.capsual_max_k=4", "hyper_parameters.bilinear=shared",
-             "hyper_parameters.routing_per_sample=false"]  # the PaddleRec MIND (defaults before issue 14)
+             "hyper_parameters.routing_per_sample=false", "hyper_parameters.bilinear_init=normal"]  # the PaddleRec MIND (defaults before issue 14)
 VARIANTS: dict[str, list[str]] = {
     "mind": [],
     "mind+dynamic_k": ["hyper_parameters.dynamic_k=true"],
+    "mind+bilinear_init=normal": ["hyper_parameters.bilinear_init=normal"],
+    "mind+bilinear=shared": ["hyper_parameters.bilinear=shared"],
+    "mind+k=4": ["hyper_parameters.capsual_max_k=4"],
     "mind+relu_layer": ["hyper_parameters.relu_layer=true"],
     "mind+resample_routing": ["hyper_parameters.resample_routing=true"],
     "single_vector": ["hyper_parameters.model=single_vector"],

@@ -134,6 +134,7 @@ def run_amazon(args: argparse.Namespace, work: Path) -> dict:
 
 # Each training option of issue 14, switched against the default config (one at a time).
 ABLATION: dict[str, list[str]] = {
+    "bilinear_init=normal": ["hyper_parameters.bilinear_init=normal"],
     "routing_per_sample=false": ["hyper_parameters.routing_per_sample=false"],
     "bilinear=shared": ["hyper_parameters.bilinear=shared"],
     "capsual_max_k=4": ["hyper_parameters.capsual_max_k=4"],
