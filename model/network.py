@@ -42,6 +42,7 @@ class NetConfig:
     bilinear: str = "per_interest"  # MIND: one map S for all interests | per_interest: S_k (ComiRec-DR style)
     readout: str = "auto"  # training readout: attention (label-aware, pow_p) | argmax (ComiRec) | auto
     bilinear_init: str = "identity"  # MIND: S (each S_k) starts as identity + N(0, 0.01/D) | normal: N(0, 1/D)
+    global_interest: bool = False  # MIND: the mean of the history vectors as one more interest (K + 1)
 
     @classmethod
     def from_settings(cls, hp: Any, item_count: int) -> NetConfig:
@@ -52,12 +53,15 @@ class NetConfig:
             dynamic_k=hp.dynamic_k, relu_layer=hp.relu_layer, resample_routing=hp.resample_routing,
             sparse_embedding=hp.sparse_embedding, routing_per_sample=hp.routing_per_sample,
             hard_neg_beta=hp.hard_neg_beta, routing_reg=hp.routing_reg, readout=hp.readout,
-            bilinear=hp.bilinear, bilinear_init=hp.bilinear_init,
+            bilinear=hp.bilinear, bilinear_init=hp.bilinear_init, global_interest=hp.global_interest,
         )
 
     @property
     def k(self) -> int:
-        return self.capsual_max_k if self.model in ("mind", "comirec_sa") else 1
+        """Interest vectors the tower outputs (what is searched per user)."""
+        if self.model == "mind":
+            return self.capsual_max_k + int(self.global_interest)
+        return self.capsual_max_k if self.model == "comirec_sa" else 1
 
     def validate(self) -> None:
         if self.model not in ("mind", "comirec_sa", "single_vector"):
@@ -201,7 +205,13 @@ class CapsuleTower(nn.Layer):
 
         n = interest_count(lengths, k) if self.cfg.dynamic_k else paddle.full_like(lengths, k)
         keep = (paddle.arange(k, dtype="int64").unsqueeze(0) < n.unsqueeze(1)).astype("float32")
-        return interests * keep.unsqueeze(-1), n
+        interests = interests * keep.unsqueeze(-1)
+        if self.cfg.global_interest:
+            # The history's mean vector (the single vector) first, so "the first n are valid" holds.
+            count = paddle.clip(lengths.astype("float32"), min=1.0).reshape([-1, 1, 1])
+            mean = paddle.sum(hist * valid.unsqueeze(-1), axis=1, keepdim=True) / count  # [B, 1, D]
+            return paddle.concat([mean, interests], axis=1), n + 1
+        return interests, n
 
 
 class MeanPoolTower(nn.Layer):

@@ -128,6 +128,7 @@ def test_resume_reproduces_an_uninterrupted_run(data_dir: Path, tmp_path: Path) 
     ["hyper_parameters.model=comirec_sa", "hyper_parameters.routing_reg=100", "hyper_parameters.hard_neg_beta=5"],
     ["hyper_parameters.routing_per_sample=true", "hyper_parameters.routing_reg=100",
      "hyper_parameters.bilinear=per_interest", "hyper_parameters.capsual_max_k=2"],
+    ["hyper_parameters.global_interest=true", "hyper_parameters.bilinear_init=normal"],
 ])
 def test_options_train_evaluate_export(data_dir: Path, tmp_path: Path, extra: list[str]) -> None:
     s = _settings(data_dir, tmp_path / "ckpt", "runner.epochs=1", "runner.batches_per_epoch=20", *extra)
@@ -192,7 +193,8 @@ def _overrides(s: Settings) -> list[str]:
         f"hyper_parameters.sparse_embedding={hp.sparse_embedding}",
         f"hyper_parameters.routing_reg={hp.routing_reg}", f"hyper_parameters.hard_neg_beta={hp.hard_neg_beta}",
         f"hyper_parameters.routing_per_sample={hp.routing_per_sample}", f"hyper_parameters.bilinear={hp.bilinear}",
-        f"hyper_parameters.capsual_max_k={hp.capsual_max_k}",
+        f"hyper_parameters.capsual_max_k={hp.capsual_max_k}", f"hyper_parameters.bilinear_init={hp.bilinear_init}",
+        f"hyper_parameters.global_interest={hp.global_interest}",
     ]
 
 

@@ -31,7 +31,7 @@ def _encode(net: RecallNetwork, hist: np.ndarray, lengths: np.ndarray) -> tuple[
 
 
 @pytest.mark.parametrize("kw", [{}, {"dynamic_k": True}, {"relu_layer": True}, {"model": "single_vector"},
-                                {"bilinear": "per_interest"}])
+                                {"bilinear": "per_interest"}, {"global_interest": True}])
 def test_padding_changes_nothing(kw: dict) -> None:
     net = _net(**kw)
     rng = np.random.default_rng(0)
@@ -278,3 +278,20 @@ def test_identity_bilinear_is_seeded_by_the_routing_seed() -> None:
 def test_bilinear_init_is_validated() -> None:
     with pytest.raises(ValueError, match=r"bilinear_init.*'zeros'"):
         RecallNetwork(NetConfig(item_count=10, embedding_dim=8, hidden_size=8, bilinear_init="zeros"))
+
+
+def test_global_interest_is_the_history_mean_first() -> None:
+    net = _net(global_interest=True)
+    assert net.cfg.k == K + 1
+    hist = np.random.default_rng(8).standard_normal((2, L, D)).astype("float32")
+    lens = np.array([3, 7])
+    out, n = _encode(net, hist, lens)
+    assert out.shape == (2, K + 1, D) and n.tolist() == [K + 1, K + 1]
+    for i, m in enumerate(lens):
+        np.testing.assert_allclose(out[i, 0], hist[i, :m].mean(0), rtol=1e-5, atol=1e-6)
+    # The capsules after it are the plain tower's.
+    plain, _ = _encode(_net(), hist, lens)
+    np.testing.assert_allclose(out[:, 1:], plain, rtol=1e-5, atol=1e-6)
+    # With dynamic K the global interest still counts: 1 + K'.
+    _, nd = _encode(_net(global_interest=True, dynamic_k=True), hist, np.array([1, 7]))
+    assert nd.tolist() == [2, 3]
