@@ -26,8 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# The PaddleRec MIND (the defaults before issue 14).
 REFERENCE = ["hyper_parameters.capsual_max_k=4", "hyper_parameters.bilinear=shared",
-             "hyper_parameters.routing_per_sample=false", "hyper_parameters.bilinear_init=normal"]  # the PaddleRec MIND (defaults before issue 14)
+             "hyper_parameters.routing_per_sample=false", "hyper_parameters.bilinear_init=normal"]
 VARIANTS: dict[str, list[str]] = {
     "mind": [],
     "mind+dynamic_k": ["hyper_parameters.dynamic_k=true"],
