@@ -94,6 +94,12 @@ def valid_mask(lengths: paddle.Tensor, seq_len: int) -> paddle.Tensor:
     return (pos < lengths.astype("int64").unsqueeze(1)).astype("float32")
 
 
+def history_mean(hist: paddle.Tensor, lengths: paddle.Tensor, valid: paddle.Tensor) -> paddle.Tensor:
+    """[B, D]: the mean of each history's valid vectors (``valid`` [B, L] from :func:`valid_mask`)."""
+    count = paddle.clip(lengths.astype("float32"), min=1.0).unsqueeze(-1)
+    return paddle.sum(hist * valid.unsqueeze(-1), axis=1) / count
+
+
 def interest_count(lengths: paddle.Tensor, k_max: int) -> paddle.Tensor:
     """MIND's dynamic interest number ``max(1, min(K, floor(log2 |history|)))`` as int64 [B].
 
@@ -208,8 +214,7 @@ class CapsuleTower(nn.Layer):
         interests = interests * keep.unsqueeze(-1)
         if self.cfg.global_interest:
             # The history's mean vector (the single vector) first, so "the first n are valid" holds.
-            count = paddle.clip(lengths.astype("float32"), min=1.0).reshape([-1, 1, 1])
-            mean = paddle.sum(hist * valid.unsqueeze(-1), axis=1, keepdim=True) / count  # [B, 1, D]
+            mean = history_mean(hist, lengths, valid).unsqueeze(1)  # [B, 1, D]
             return paddle.concat([mean, interests], axis=1), n + 1
         return interests, n
 
@@ -226,12 +231,8 @@ class MeanPoolTower(nn.Layer):
     def forward(
         self, hist: paddle.Tensor, lengths: paddle.Tensor
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
-        seq_len = hist.shape[1]
         lengths = lengths.astype("int64")
-        valid = valid_mask(lengths, seq_len).unsqueeze(-1)  # [B, L, 1]
-        total = paddle.sum(hist * valid, axis=1)
-        count = paddle.clip(lengths.astype("float32"), min=1.0).unsqueeze(-1)
-        user = total / count
+        user = history_mean(hist, lengths, valid_mask(lengths, hist.shape[1]))
         if self.dense is not None:
             user = F.relu(self.dense(user))
         return user.unsqueeze(1), paddle.ones_like(lengths)
