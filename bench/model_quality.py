@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 # The PaddleRec MIND (the defaults before issue 14).
 REFERENCE = ["hyper_parameters.capsual_max_k=4", "hyper_parameters.bilinear=shared",
-             "hyper_parameters.routing_per_sample=false", "hyper_parameters.bilinear_init=normal"]
+             "hyper_parameters.routing_per_sample=false", "hyper_parameters.bilinear_init=normal",
+             "hyper_parameters.recency=false"]
 VARIANTS: dict[str, list[str]] = {
     "mind": [],
     "mind+dynamic_k": ["hyper_parameters.dynamic_k=true"],
@@ -41,7 +42,9 @@ VARIANTS: dict[str, list[str]] = {
     "mind+lr=0.0025": ["hyper_parameters.optimizer.learning_rate=0.0025"],
     "mind+relu_layer": ["hyper_parameters.relu_layer=true"],
     "mind+resample_routing": ["hyper_parameters.resample_routing=true"],
-    "single_vector": ["hyper_parameters.model=single_vector"],
+    "single_vector": ["hyper_parameters.model=single_vector", "hyper_parameters.recency=false"],
+    "single_vector+recency": ["hyper_parameters.model=single_vector"],
+    "mind+recency=false": ["hyper_parameters.recency=false"],
     "comirec_sa": ["hyper_parameters.model=comirec_sa"],
     "reference": REFERENCE,
     "reference+hard_neg_beta=10": [*REFERENCE, "hyper_parameters.hard_neg_beta=10"],

@@ -113,6 +113,7 @@ class HyperParameters:
     bilinear: str = _one_of("per_interest", ("shared", "per_interest"))  # MIND: one S, or one S_k per interest
     bilinear_init: str = _one_of("identity", ("identity", "normal"))  # MIND: S starts as I + noise, or N(0, 1/D)
     global_interest: bool = False  # MIND: the history's mean vector as one more interest (K + 1)
+    recency: bool = True  # MIND, single_vector: learned weight per position back from the newest behaviour
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class NetConfig:
     readout: str = "auto"  # training readout: attention (label-aware, pow_p) | argmax (ComiRec) | auto
     bilinear_init: str = "identity"  # MIND: S (each S_k) starts as identity + N(0, 0.01/D) | normal: N(0, 1/D)
     global_interest: bool = False  # MIND: the mean of the history vectors as one more interest (K + 1)
+    recency: bool = True  # MIND, single_vector: a learned weight per position back from the newest behaviour
 
     @classmethod
     def from_settings(cls, hp: Any, item_count: int) -> NetConfig:
@@ -54,6 +55,7 @@ class NetConfig:
             sparse_embedding=hp.sparse_embedding, routing_per_sample=hp.routing_per_sample,
             hard_neg_beta=hp.hard_neg_beta, routing_reg=hp.routing_reg, readout=hp.readout,
             bilinear=hp.bilinear, bilinear_init=hp.bilinear_init, global_interest=hp.global_interest,
+            recency=hp.recency,
         )
 
     @property
@@ -100,6 +102,29 @@ def history_mean(hist: paddle.Tensor, lengths: paddle.Tensor, valid: paddle.Tens
     return paddle.sum(hist * valid.unsqueeze(-1), axis=1) / count
 
 
+class RecencyWeights(nn.Layer):
+    """A learned weight ``exp(r_j)`` on each history vector, ``j`` = places back from the newest one
+    (0 = the newest). Starts at 1 for every position (``r = 0``): the towers start exactly as without it.
+
+    Why: the eval items are what comes *next*, and the newest behaviours say most about that, which
+    neither routing nor mean pooling can see (both are order-free). Measured in docs/benchmarks.md."""
+
+    def __init__(self, maxlen: int) -> None:
+        super().__init__()
+        self.maxlen = maxlen
+        self.log_w = self.create_parameter([maxlen, 1], default_initializer=nn.initializer.Constant(0.0))
+
+    def forward(self, hist: paddle.Tensor, lengths: paddle.Tensor) -> paddle.Tensor:
+        """hist [B, L, D] (right-padded), lengths [B] -> hist with row l scaled by exp(r[len - 1 - l])."""
+        pos = paddle.arange(hist.shape[1], dtype="int64").unsqueeze(0)  # [1, L]
+        back = lengths.astype("int64").unsqueeze(1) - 1 - pos  # [B, L]; < 0 on padding (zeroed anyway)
+        # maximum/minimum, not clip: Paddle Inference 3.3.1 drops clip's int64 bounds (interest_count).
+        back = paddle.minimum(paddle.maximum(back, paddle.zeros_like(back)), paddle.full_like(back, self.maxlen - 1))
+        # A one-hot matmul instead of a gather: the same ops the exported tower already runs.
+        log_w = paddle.matmul(F.one_hot(back, self.maxlen), self.log_w)  # [B, L, 1]
+        return hist * paddle.exp(log_w)
+
+
 def interest_count(lengths: paddle.Tensor, k_max: int) -> paddle.Tensor:
     """MIND's dynamic interest number ``max(1, min(K, floor(log2 |history|)))`` as int64 [B].
 
@@ -139,6 +164,7 @@ class CapsuleTower(nn.Layer):
         logits = (rng.standard_normal((1, k, length)) * cfg.capsual_init_std).astype("float32")
         self.register_buffer("routing_logits", paddle.to_tensor(logits), persistable=True)
         self.readout = nn.Linear(h, d) if cfg.relu_layer else None
+        self.recency = RecencyWeights(length) if cfg.recency else None
         # Per-batch routing logits for resample_routing (training only; set by the trainer from its
         # numpy Generator so runs stay reproducible and resumable). A numpy array, not a Tensor, so
         # the Layer does not register it as a buffer: never saved, never exported.
@@ -163,6 +189,8 @@ class CapsuleTower(nn.Layer):
         seq_len = hist.shape[1]
         lengths = lengths.astype("int64")
         valid = valid_mask(lengths, seq_len)  # [B, L]
+        if self.recency is not None:
+            hist = self.recency(hist, lengths)
         if self.per_interest:
             # Behaviour l as seen by interest k: a list of K [B, L, H] (K batched 3-D matmuls train ~6x
             # faster in Paddle 3.3 on CPU than one [B, K, L, H] tensor with 4-D transposes/broadcasts).
@@ -220,18 +248,22 @@ class CapsuleTower(nn.Layer):
 
 
 class MeanPoolTower(nn.Layer):
-    """Single-vector baseline (YouTube-DNN style): mean of the history vectors (+ a ReLU dense layer)."""
+    """Single-vector baseline (YouTube-DNN style): mean of the history vectors (+ a ReLU dense layer);
+    with ``recency`` each vector is first scaled by its learned position weight."""
 
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
         self.cfg = cfg
         d = cfg.embedding_dim
         self.dense = nn.Linear(d, d) if cfg.relu_layer else None
+        self.recency = RecencyWeights(cfg.maxlen) if cfg.recency else None
 
     def forward(
         self, hist: paddle.Tensor, lengths: paddle.Tensor
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
         lengths = lengths.astype("int64")
+        if self.recency is not None:
+            hist = self.recency(hist, lengths)
         user = history_mean(hist, lengths, valid_mask(lengths, hist.shape[1]))
         if self.dense is not None:
             user = F.relu(self.dense(user))

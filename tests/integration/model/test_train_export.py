@@ -69,6 +69,8 @@ def test_export_and_tower_match_training_network(trained: Settings, tmp_path: Pa
     assert (out / "user_tower.pdiparams").stat().st_size < 100_000  # the tower alone, no item table
 
     net, _ = load_network(checkpoints(trained.runner.model_save_path)[-1])
+    # The default tower has trained recency weights, so the parity below covers them too.
+    assert np.abs(net.tower.recency.log_w.numpy()).max() > 1e-4
     ids, vectors = load_items(out)
     assert ids.tolist() == list(range(1, 1001)) and vectors.shape == (1000, 64)
     np.testing.assert_array_equal(vectors, net.item_emb.weight.numpy()[1:])
@@ -129,6 +131,8 @@ def test_resume_reproduces_an_uninterrupted_run(data_dir: Path, tmp_path: Path) 
     ["hyper_parameters.routing_per_sample=true", "hyper_parameters.routing_reg=100",
      "hyper_parameters.bilinear=per_interest", "hyper_parameters.capsual_max_k=2"],
     ["hyper_parameters.global_interest=true", "hyper_parameters.bilinear_init=normal"],
+    ["hyper_parameters.recency=false"],
+    ["hyper_parameters.model=single_vector"],
 ])
 def test_options_train_evaluate_export(data_dir: Path, tmp_path: Path, extra: list[str]) -> None:
     s = _settings(data_dir, tmp_path / "ckpt", "runner.epochs=1", "runner.batches_per_epoch=20", *extra)
@@ -194,7 +198,7 @@ def _overrides(s: Settings) -> list[str]:
         f"hyper_parameters.routing_reg={hp.routing_reg}", f"hyper_parameters.hard_neg_beta={hp.hard_neg_beta}",
         f"hyper_parameters.routing_per_sample={hp.routing_per_sample}", f"hyper_parameters.bilinear={hp.bilinear}",
         f"hyper_parameters.capsual_max_k={hp.capsual_max_k}", f"hyper_parameters.bilinear_init={hp.bilinear_init}",
-        f"hyper_parameters.global_interest={hp.global_interest}",
+        f"hyper_parameters.global_interest={hp.global_interest}", f"hyper_parameters.recency={hp.recency}",
     ]
 
 
@@ -213,3 +217,16 @@ def test_evaluate_cli_json_and_milvus_index(trained: Settings, tmp_path: Path, m
     assert mv["index"] == "milvus"
     assert cli.main(["evaluate", *base, "--epoch", "7"]) == 2
     assert "no checkpoint for epoch 7" in capsys.readouterr().err
+
+
+def test_checkpoint_from_before_recency_loads_without_it(data_dir: Path, tmp_path: Path) -> None:
+    s = _settings(data_dir, tmp_path / "ckpt", "runner.epochs=1", "runner.batches_per_epoch=5",
+                  "hyper_parameters.recency=false")
+    opts = [a for o in _overrides(s) for a in ("-o", o)]
+    assert cli.main(["train", *opts]) == 0
+    ckpt = checkpoints(s.runner.model_save_path)[-1]
+    meta = json.loads((ckpt / "meta.json").read_text())
+    del meta["net"]["recency"]  # what a checkpoint written before the option holds
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    net, _ = load_network(ckpt)
+    assert net.cfg.recency is False and net.tower.recency is None

@@ -15,7 +15,7 @@ def _net(**kw: object) -> RecallNetwork:
     paddle.seed(0)
     # The PaddleRec reference network (one shared random map, fixed routing logits); options via kw.
     base = {"item_count": 50, "embedding_dim": D, "hidden_size": D, "maxlen": L, "capsual_max_k": K,
-            "bilinear": "shared", "routing_per_sample": False, "bilinear_init": "normal"}
+            "bilinear": "shared", "routing_per_sample": False, "bilinear_init": "normal", "recency": False}
     cfg = NetConfig(**{**base, **kw})  # type: ignore[arg-type]
     net = RecallNetwork(cfg, routing_seed=1)
     net.eval()
@@ -31,7 +31,7 @@ def _encode(net: RecallNetwork, hist: np.ndarray, lengths: np.ndarray) -> tuple[
 
 
 @pytest.mark.parametrize("kw", [{}, {"dynamic_k": True}, {"relu_layer": True}, {"model": "single_vector"},
-                                {"bilinear": "per_interest"}, {"global_interest": True}])
+                                {"bilinear": "per_interest"}, {"global_interest": True}, {"recency": True}])
 def test_padding_changes_nothing(kw: dict) -> None:
     net = _net(**kw)
     rng = np.random.default_rng(0)
@@ -295,3 +295,46 @@ def test_global_interest_is_the_history_mean_first() -> None:
     # With dynamic K the global interest still counts: 1 + K'.
     _, nd = _encode(_net(global_interest=True, dynamic_k=True), hist, np.array([1, 7]))
     assert nd.tolist() == [2, 3]
+
+
+def _set_recency(net: RecallNetwork, log_w: np.ndarray) -> None:
+    net.tower.recency.log_w.set_value(log_w.reshape(-1, 1).astype("float32"))
+
+
+def test_recency_weights_scale_each_vector_by_its_place_from_the_newest() -> None:
+    log_w = np.random.default_rng(3).normal(0.0, 0.5, L)
+    hist = np.random.default_rng(4).standard_normal((3, L, D)).astype("float32")
+    lens = np.array([1, 4, L])
+    sv = _net(model="single_vector", recency=True)
+    _set_recency(sv, log_w)
+    out, _ = _encode(sv, hist, lens)
+    for i, m in enumerate(lens):
+        w = np.exp(log_w[m - 1 - np.arange(m)])  # the newest (position m - 1) gets log_w[0]
+        np.testing.assert_allclose(out[i, 0], (hist[i, :m] * w[:, None]).mean(0), rtol=1e-5, atol=1e-6)
+    # MIND: the same as the plain tower fed the scaled vectors; padding still changes nothing.
+    mind, plain = _net(recency=True), _net()
+    _set_recency(mind, log_w)
+    scaled = hist.copy()
+    for i, m in enumerate(lens):
+        scaled[i, :m] *= np.exp(log_w[m - 1 - np.arange(m)])[:, None]
+    got, _ = _encode(mind, hist, lens)
+    np.testing.assert_allclose(got, _encode(plain, scaled, lens)[0], rtol=1e-5, atol=1e-6)
+    noisy = hist.copy()
+    for i, m in enumerate(lens):
+        noisy[i, m:] = 99.0
+    np.testing.assert_allclose(_encode(mind, noisy, lens)[0], got, rtol=1e-5, atol=1e-6)
+
+
+def test_recency_starts_as_no_recency_and_is_trained() -> None:
+    hist = np.random.default_rng(5).standard_normal((2, L, D)).astype("float32")
+    lens = np.array([2, 6])
+    np.testing.assert_allclose(_encode(_net(recency=True), hist, lens)[0], _encode(_net(), hist, lens)[0],
+                               rtol=1e-6, atol=1e-7)
+    net = _net(recency=True)
+    net.train()
+    ids = paddle.to_tensor(np.array([[1, 2, 3, 0], [4, 5, 6, 7]], dtype="int64"))
+    loss = net(ids, paddle.to_tensor(np.array([3, 4], dtype="int64")), paddle.to_tensor(np.array([8, 9])),
+               paddle.to_tensor(np.arange(10, 20, dtype="int64")), paddle.zeros([10]), paddle.zeros([2]))
+    loss.backward()
+    grad = net.tower.recency.log_w.grad.numpy().ravel()
+    assert np.abs(grad[:4]).max() > 0 and np.all(grad[4:] == 0)  # only places 0..3 back occur here
