@@ -43,7 +43,7 @@ VARIANTS: dict[str, list[str]] = {
     "mind+relu_layer": ["hyper_parameters.relu_layer=true"],
     "mind+resample_routing": ["hyper_parameters.resample_routing=true"],
     "single_vector": ["hyper_parameters.model=single_vector", "hyper_parameters.recency=false"],
-    "single_vector+recency": ["hyper_parameters.model=single_vector"],
+    "single_vector+recency": ["hyper_parameters.model=single_vector", "hyper_parameters.recency=true"],
     "mind+recency=false": ["hyper_parameters.recency=false"],
     "comirec_sa": ["hyper_parameters.model=comirec_sa"],
     "reference": REFERENCE,

@@ -139,7 +139,7 @@ def run_amazon(args: argparse.Namespace, work: Path) -> dict:
 # recency weights are off; single_vector+recency is the same tower with them, for comparison.
 MODELS: dict[str, list[str]] = {
     "single_vector": ["hyper_parameters.model=single_vector", "hyper_parameters.recency=false"],
-    "single_vector+recency": ["hyper_parameters.model=single_vector"],
+    "single_vector+recency": ["hyper_parameters.model=single_vector", "hyper_parameters.recency=true"],
 }
 
 

@@ -113,7 +113,9 @@ class HyperParameters:
     bilinear: str = _one_of("per_interest", ("shared", "per_interest"))  # MIND: one S, or one S_k per interest
     bilinear_init: str = _one_of("identity", ("identity", "normal"))  # MIND: S starts as I + noise, or N(0, 1/D)
     global_interest: bool = False  # MIND: the history's mean vector as one more interest (K + 1)
-    recency: bool = True  # MIND, single_vector: learned weight per position back from the newest behaviour
+    # Learned weight per position back from the newest behaviour; auto: on for mind (measured better),
+    # off for single_vector (measured worse); comirec_sa has position embeddings and ignores it.
+    recency: str = _one_of("auto", ("auto", "true", "false"))
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,9 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             except ValueError:
                 pass
     elif typ is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML reads `key: true` as a bool; a str key keeps what was written
+            return "true" if value else "false"
+        if isinstance(value, (str, int, float)):
             return str(value)
     elif origin is dict:
         if isinstance(value, Mapping):

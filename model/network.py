@@ -44,6 +44,7 @@ class NetConfig:
     bilinear_init: str = "identity"  # MIND: S (each S_k) starts as identity + N(0, 0.01/D) | normal: N(0, 1/D)
     global_interest: bool = False  # MIND: the mean of the history vectors as one more interest (K + 1)
     recency: bool = True  # MIND, single_vector: a learned weight per position back from the newest behaviour
+    # (settings' hyper_parameters.recency: auto = on for mind only)
 
     @classmethod
     def from_settings(cls, hp: Any, item_count: int) -> NetConfig:
@@ -55,7 +56,7 @@ class NetConfig:
             sparse_embedding=hp.sparse_embedding, routing_per_sample=hp.routing_per_sample,
             hard_neg_beta=hp.hard_neg_beta, routing_reg=hp.routing_reg, readout=hp.readout,
             bilinear=hp.bilinear, bilinear_init=hp.bilinear_init, global_interest=hp.global_interest,
-            recency=hp.recency,
+            recency=hp.recency == "true" or (hp.recency == "auto" and hp.model == "mind"),
         )
 
     @property

@@ -132,7 +132,7 @@ def test_resume_reproduces_an_uninterrupted_run(data_dir: Path, tmp_path: Path) 
      "hyper_parameters.bilinear=per_interest", "hyper_parameters.capsual_max_k=2"],
     ["hyper_parameters.global_interest=true", "hyper_parameters.bilinear_init=normal"],
     ["hyper_parameters.recency=false"],
-    ["hyper_parameters.model=single_vector"],
+    ["hyper_parameters.model=single_vector", "hyper_parameters.recency=true"],
 ])
 def test_options_train_evaluate_export(data_dir: Path, tmp_path: Path, extra: list[str]) -> None:
     s = _settings(data_dir, tmp_path / "ckpt", "runner.epochs=1", "runner.batches_per_epoch=20", *extra)

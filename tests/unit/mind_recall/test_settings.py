@@ -53,6 +53,7 @@ def test_settings_are_frozen() -> None:
         ("runner=3", "runner: expected a mapping, got 3"),
         ("milvus.index_params=[1]", "milvus.index_params: expected dict"),
         ("noequals", "is not key=value"),
+        ("hyper_parameters.recency=maybe", "hyper_parameters.recency: expected one of auto|true|false, got 'maybe'"),
     ],
 )
 def test_bad_values_name_key_and_value(override: str, message: str) -> None:
@@ -136,3 +137,17 @@ def test_cli_bad_key_is_one_line_error() -> None:
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == ["mind-recall: config: unknown key 'milvus.tokn'"]
+
+
+def test_recency_auto_is_on_for_mind_only(tmp_path: Path) -> None:
+    from model.network import NetConfig
+
+    def net(*o: str) -> bool:
+        return NetConfig.from_settings(load(None, overrides=list(o), env={}).hyper_parameters, 10).recency
+
+    assert net() is True and net("hyper_parameters.model=single_vector") is False
+    assert net("hyper_parameters.recency=false") is False
+    assert net("hyper_parameters.model=single_vector", "hyper_parameters.recency=true") is True
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("hyper_parameters:\n  recency: false\n")  # a YAML boolean for a three-way key
+    assert load(cfg, env={}).hyper_parameters.recency == "false"
