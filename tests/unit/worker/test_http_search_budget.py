@@ -39,7 +39,8 @@ def test_chunked_search_answers_as_one_call_in_chunks() -> None:
     want_ids, want_scores = search(q, 15)
     assert sizes == [32, 32, 6]
     np.testing.assert_array_equal(got_ids, want_ids)
-    np.testing.assert_allclose(got_scores, want_scores)
+    # float32 dot products of a 32-row and a 70-row matmul may differ in the last bit (BLAS blocking)
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-6)
 
 
 def test_chunked_search_stops_at_the_deadline() -> None:
