@@ -180,6 +180,10 @@ def _train_test(data: Path, work: Path, name: str, seed: int, overrides: list[st
         r = evaluate_checkpoint(s, n)
         out.update({f"{m}@{n}": r[f"{m}@{n}"] for m in METRICS})
         out["users"] = r["users"]
+    # As the worker serves by default (worker.exclude_seen): new items only, history items not ranked.
+    r = evaluate_checkpoint(s, 50, exclude_seen=True)
+    out.update({f"served_{m}@50": r[f"{m}@50"] for m in METRICS})
+    out["served_users"] = r["users"]
     shutil.rmtree(save, ignore_errors=True)
     return out
 
@@ -260,6 +264,8 @@ def run_dataset(args: argparse.Namespace, work: Path) -> dict:
         for other in ("single_vector", "comirec_sa"):
             if other in res:
                 ratios[f"mind/{other}"] = round(mind / res[other]["recall@50"]["mean"], 3)
+                ratios[f"served: mind/{other}"] = round(
+                    res["mind"]["served_recall@50"]["mean"] / res[other]["served_recall@50"]["mean"], 3)
         ratios["mind/most_popular"] = round(mind / mp, 3) if mp else None
     res["ratios_recall@50"] = ratios
     res["markdown"] = markdown_table(res)

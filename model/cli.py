@@ -30,7 +30,7 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     try:
         run_evaluate(
             settings, args.top_n, epoch=args.epoch, baseline=args.baseline, index=args.index,
-            json_out=args.json_out,
+            json_out=args.json_out, exclude_seen=args.exclude_seen,
         )
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"mind-recall evaluate: {e}", file=sys.stderr)

@@ -81,6 +81,7 @@ def evaluate(
     top_n: int,
     maxlen: int,
     batch_size: int = 256,
+    exclude_seen: bool = False,
 ) -> dict:
     """Recall/NDCG/HitRate@``top_n`` of a user tower + item index over ``users``.
 
@@ -89,6 +90,10 @@ def evaluate(
     with -1 padding, scores [n, top_n] float32)``. Only each user's first ``n_interests`` interests
     are searched (one search call per batch); the rest is ``merge`` with no exclusion.
     Returns ``{"recall@N", "ndcg@N", "hitrate@N", "users", "avg_interests"}``.
+
+    ``exclude_seen`` scores what the worker serves by default (``worker.exclude_seen``): the user's
+    whole history is dropped from the ranked list *and* from the eval items, so only new items count;
+    users whose eval items are all re-views have nothing to find and are left out (``users_all_seen``).
     """
     if top_n <= 0 or batch_size <= 0:
         raise ValueError(f"top_n and batch_size must be positive, got {top_n}, {batch_size}")
@@ -96,6 +101,7 @@ def evaluate(
     ndcg: list[float] = []
     hit: list[float] = []
     n_int_total = 0
+    all_seen = 0
     for lo in range(0, len(users), batch_size):
         chunk = users[lo : lo + batch_size]
         for u in chunk:
@@ -109,18 +115,27 @@ def evaluate(
             raise ValueError(f"encode returned {b} users for a batch of {len(chunk)}")
         n_int = np.clip(np.asarray(n_int, dtype=np.int64).reshape(b), 1, k)
         valid = np.arange(k)[None, :] < n_int[:, None]  # [B, K]
-        ids, scores = search(np.ascontiguousarray(interests[valid]), top_n)
+        # Excluded items may fill a list: search deep enough that top_n others always remain.
+        depth = top_n + (max(np.unique(u.hist).size for u in chunk) if exclude_seen else 0)
+        ids, scores = search(np.ascontiguousarray(interests[valid]), depth)
         ids, scores = np.asarray(ids), np.asarray(scores)
         row = np.r_[0, np.cumsum(n_int)]
         for i, u in enumerate(chunk):
-            merged = merge(ids[row[i] : row[i + 1]], scores[row[i] : row[i + 1]], top_n)
-            r, nd, h = recall_ndcg_hitrate([c.item_id for c in merged], u.eval_items, top_n)
+            truth = np.setdiff1d(u.eval_items, u.hist) if exclude_seen else u.eval_items
+            if truth.size == 0:
+                all_seen += 1
+                continue
+            merged = merge(ids[row[i] : row[i + 1]], scores[row[i] : row[i + 1]], top_n,
+                           exclude=u.hist if exclude_seen else ())
+            r, nd, h = recall_ndcg_hitrate([c.item_id for c in merged], truth, top_n)
             recall.append(r)
             ndcg.append(nd)
             hit.append(h)
         n_int_total += int(n_int.sum())
     out = _summary(recall, ndcg, hit, top_n)
-    out["avg_interests"] = n_int_total / out["users"]
+    out["avg_interests"] = n_int_total / len(users)
+    if exclude_seen:
+        out["users_all_seen"] = all_seen
     return out
 
 

@@ -77,9 +77,10 @@ def _rename(metrics: dict[str, Any], method: str) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(
-    settings: Settings, top_n: int, *, epoch: int | None = None, index: str = "exact"
+    settings: Settings, top_n: int, *, epoch: int | None = None, index: str = "exact", exclude_seen: bool = False
 ) -> dict[str, Any]:
-    """Metrics @top_n of the checkpoint (latest by default) on ``runner.test_data_dir``."""
+    """Metrics @top_n of the checkpoint (latest by default) on ``runner.test_data_dir``; with
+    ``exclude_seen``, of what the worker serves by default (history items neither ranked nor counted)."""
     from model.data import read_eval
     from model.evaluation import evaluate
     from model.trainer import find_checkpoint, load_network, select_device
@@ -96,7 +97,7 @@ def evaluate_checkpoint(
     try:
         metrics = evaluate(
             users, make_encoder(net), search, top_n=top_n, maxlen=net.cfg.maxlen,
-            batch_size=settings.runner.infer_batch_size,
+            batch_size=settings.runner.infer_batch_size, exclude_seen=exclude_seen,
         )
     finally:
         cleanup()
@@ -104,6 +105,7 @@ def evaluate_checkpoint(
     out["epoch"] = int(meta["epoch"])
     out["checkpoint"] = str(ckpt)
     out["index"] = index
+    out["exclude_seen"] = exclude_seen
     return out
 
 
@@ -122,14 +124,14 @@ def evaluate_most_popular(settings: Settings, top_n: int) -> dict[str, Any]:
 
 def run_evaluate(
     settings: Settings, top_n: int, *, epoch: int | None = None, baseline: str = "none",
-    index: str = "exact", json_out: str | None = None,
+    index: str = "exact", json_out: str | None = None, exclude_seen: bool = False,
 ) -> dict[str, Any]:
     if top_n <= 0:
         raise ValueError(f"top_n must be positive, got {top_n}")
     if baseline == "most_popular":
         result = evaluate_most_popular(settings, top_n)
     elif baseline == "none":
-        result = evaluate_checkpoint(settings, top_n, epoch=epoch, index=index)
+        result = evaluate_checkpoint(settings, top_n, epoch=epoch, index=index, exclude_seen=exclude_seen)
     else:
         raise ValueError(f"--baseline: expected most_popular|none, got {baseline!r}")
     text = json.dumps(result, indent=1)
@@ -146,6 +148,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", choices=("none", "most_popular"), default="none")
     p.add_argument("--index", choices=sorted(SEARCHERS), default="exact",
                    help="where to search the item vectors (milvus: the serving store, via `mind-recall evaluate`)")
+    p.add_argument("--exclude-seen", action="store_true",
+                   help="score what the worker serves by default: history items are neither ranked nor counted")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the JSON result here")
 
 
@@ -161,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_evaluate(
             settings, args.top_n, epoch=args.epoch, baseline=args.baseline, index=args.index,
-            json_out=args.json_out,
+            json_out=args.json_out, exclude_seen=args.exclude_seen,
         )
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"model.infer: {e}", file=sys.stderr)

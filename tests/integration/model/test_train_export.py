@@ -54,6 +54,11 @@ def test_mind_beats_most_popular(trained: Settings, tmp_path: Path) -> None:
     # Planted multi-interest data: MIND must find the interests, most-popular cannot.
     assert mind["recall@50"] > 2 * pop["recall@50"], (mind, pop)
     assert mind["hitrate@50"] > pop["hitrate@50"]
+    # As served (seen items neither ranked nor counted): the CLI's --exclude-seen, on the same checkpoint.
+    served = run_evaluate(trained, 50, exclude_seen=True)
+    assert served["exclude_seen"] is True and mind["exclude_seen"] is False
+    assert served["users"] + served["users_all_seen"] == 200
+    assert served["recall@50"] > 2 * pop["recall@50"], served
 
 
 def test_export_and_tower_match_training_network(trained: Settings, tmp_path: Path) -> None:

@@ -144,6 +144,32 @@ def test_evaluate_searches_only_valid_interests_in_one_call_per_batch() -> None:
     assert res["recall@1"] == 1.0
 
 
+def test_evaluate_exclude_seen_scores_new_items_only() -> None:
+    """As served by default: history items are neither ranked nor counted; all-re-view users are left out."""
+    ids, vecs = _onehot_world()
+
+    def encode(hist: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # One interest: the history items strongly, then item 6, then item 5.
+        out = np.zeros((len(hist), 1, 6), dtype=np.float32)
+        for i in range(len(hist)):
+            out[i, 0, hist[i, : length[i]] - 1] = 1.0
+        out[:, 0, 5], out[:, 0, 4] = 0.5, 0.4
+        return out, np.ones(len(hist), dtype=np.int64)
+
+    users = [
+        EvalUser(1, np.array([1, 2]), np.array([2, 5])),  # re-view 2 + new 5
+        EvalUser(2, np.array([3]), np.array([3])),  # only a re-view
+    ]
+    kept = evaluate(users, encode, exact_search(ids, vecs), top_n=2, maxlen=3)
+    # Seen kept: user 1 ranks [1, 2] -> 1 of 2; user 2 ranks [3, 6] -> 1 of 1.
+    assert kept["users"] == 2 and kept["recall@2"] == pytest.approx((0.5 + 1.0) / 2)
+    served = evaluate(users, encode, exact_search(ids, vecs), top_n=2, maxlen=3, exclude_seen=True)
+    # User 1 ranks [6, 5] against {5}: a hit at rank 1; user 2 has no new item to find.
+    assert served["users"] == 1 and served["users_all_seen"] == 1
+    assert served["recall@2"] == 1.0
+    assert served["ndcg@2"] == pytest.approx(_d(1) / _d(0))
+
+
 def test_evaluate_rejects_empty_history() -> None:
     ids, vecs = _onehot_world()
     with pytest.raises(ValueError, match="empty history"):
