@@ -243,6 +243,16 @@ class Record:
         self.headers: list[tuple[str, bytes]] = m.headers() or []
 
 
+_LEADER_MOVING = frozenset({
+    confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION, confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+})
+
+
+def _leader_moving(e: confluent_kafka.KafkaException) -> bool:
+    err = e.args[0] if e.args else None
+    return isinstance(err, confluent_kafka.KafkaError) and err.code() in _LEADER_MOVING
+
+
 def _rd_tp(tp: TopicPartition, offset: int | None = None) -> Any:
     return confluent_kafka.TopicPartition(tp.topic, tp.partition) if offset is None else \
         confluent_kafka.TopicPartition(tp.topic, tp.partition, offset)
@@ -385,11 +395,19 @@ class GroupConsumer:
         """(first, end) offset per partition, asked of the broker. Ask once, at the start of a read, never
         inside a poll loop: the request queues behind the long-poll fetches (it stalled a loop ~2 s)."""
         out = {}
+        deadline = time.monotonic() + timeout_s
         for tp in tps:
-            try:
-                low, high = self._c.get_watermark_offsets(_rd_tp(tp), timeout=timeout_s)
-            except confluent_kafka.KafkaException as e:
-                raise KafkaError(f"end offsets of {tp.topic}:{tp.partition}: {e}") from e
+            while True:
+                try:
+                    low, high = self._c.get_watermark_offsets(
+                        _rd_tp(tp), timeout=max(0.1, deadline - time.monotonic()))
+                    break
+                except confluent_kafka.KafkaException as e:
+                    # A leader that is moving or not yet elected (just after a topic is created, or a
+                    # broker restart) answers NOT_LEADER for a moment: ask again until the deadline.
+                    if not _leader_moving(e) or time.monotonic() >= deadline:
+                        raise KafkaError(f"end offsets of {tp.topic}:{tp.partition}: {e}") from e
+                    time.sleep(0.1)
             out[tp] = (int(low), int(high))
         return out
 
@@ -545,12 +563,14 @@ def ensure_topics(
                         and err.code() == confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS):
                     raise KafkaError(f"creating topic {name}: {e}") from e
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:  # metadata propagates asynchronously
-            missing = set(topics) - set(admin.list_topics(timeout=timeout_s).topics)
+        while time.monotonic() < deadline:  # metadata and leader election propagate asynchronously
+            meta = admin.list_topics(timeout=timeout_s).topics
+            missing = {name for name in topics if name not in meta
+                       or any(p.leader < 0 for p in meta[name].partitions.values())}
             if not missing:
                 return
             time.sleep(0.1)
-        raise KafkaError(f"topics not visible after {timeout_s}s: {sorted(missing)}")
+        raise KafkaError(f"topics not visible (or without a leader) after {timeout_s}s: {sorted(missing)}")
     except confluent_kafka.KafkaException as e:
         raise KafkaError(f"ensure topics: {e}") from e
 

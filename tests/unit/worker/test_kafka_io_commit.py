@@ -1,5 +1,6 @@
 """GroupConsumer.commit's error mapping (pure logic over a stand-in for librdkafka's consumer): the
-callers retry a KafkaError (broker away) but give up on a CommitFailedError (the group moved on)."""
+callers retry a KafkaError (broker away) but give up on a CommitFailedError (the group moved on).
+And GroupConsumer.watermarks: a moving leader is asked again, other errors are not."""
 
 from __future__ import annotations
 
@@ -42,3 +43,42 @@ def test_broker_trouble_is_a_plain_kafka_error(code: int) -> None:
     with pytest.raises(kafka_io.KafkaError) as info:
         _consumer(code).commit({kafka_io.TopicPartition("t", 0): 5})
     assert not isinstance(info.value, kafka_io.CommitFailedError)
+
+
+class _Watermarks:
+    """Answers with the given error codes first, then (3, 9)."""
+
+    def __init__(self, *codes: int) -> None:
+        self.codes, self.calls = list(codes), 0
+
+    def get_watermark_offsets(self, _tp: object, timeout: float) -> tuple[int, int]:
+        self.calls += 1
+        if self.codes:
+            raise confluent_kafka.KafkaException(confluent_kafka.KafkaError(self.codes.pop(0)))
+        return 3, 9
+
+
+def _reader(fake: _Watermarks) -> kafka_io.GroupConsumer:
+    c = object.__new__(kafka_io.GroupConsumer)
+    c._c = fake
+    return c
+
+
+def test_watermarks_ask_again_while_the_leader_moves() -> None:
+    fake = _Watermarks(confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,
+                       confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE)
+    tp = kafka_io.TopicPartition("t", 0)
+    assert _reader(fake).watermarks([tp], timeout_s=5.0) == {tp: (3, 9)}
+    assert fake.calls == 3
+
+
+def test_watermarks_give_up_at_the_deadline_and_on_other_errors() -> None:
+    tp = kafka_io.TopicPartition("t", 0)
+    stuck = _Watermarks(*[confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION] * 1000)
+    with pytest.raises(kafka_io.KafkaError, match="end offsets of t:0"):
+        _reader(stuck).watermarks([tp], timeout_s=0.3)
+    assert 1 < stuck.calls < 10
+    other = _Watermarks(confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(kafka_io.KafkaError):
+        _reader(other).watermarks([tp], timeout_s=5.0)
+    assert other.calls == 1
