@@ -107,8 +107,15 @@ _PERMANENT_CODES = frozenset(
 )
 
 
+def _error_code(err: Any) -> int | None:
+    """The librdkafka error code of a KafkaError, or of the one a KafkaException wraps (None if neither)."""
+    if isinstance(err, confluent_kafka.KafkaException):
+        err = err.args[0] if err.args else None
+    return err.code() if isinstance(err, confluent_kafka.KafkaError) else None
+
+
 def _delivery_error(err: Any) -> KafkaError:
-    code = err.code() if isinstance(err, confluent_kafka.KafkaError) else None
+    code = _error_code(err)
     cls = PermanentKafkaError if code in _PERMANENT_CODES else KafkaError
     return cls(f"delivery failed: {err}")
 
@@ -243,14 +250,11 @@ class Record:
         self.headers: list[tuple[str, bytes]] = m.headers() or []
 
 
+# A partition leader that is moving or not yet elected (just after a topic is created, or a broker
+# restart): the same request succeeds a moment later.
 _LEADER_MOVING = frozenset({
     confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION, confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
 })
-
-
-def _leader_moving(e: confluent_kafka.KafkaException) -> bool:
-    err = e.args[0] if e.args else None
-    return isinstance(err, confluent_kafka.KafkaError) and err.code() in _LEADER_MOVING
 
 
 def _rd_tp(tp: TopicPartition, offset: int | None = None) -> Any:
@@ -403,9 +407,7 @@ class GroupConsumer:
                         _rd_tp(tp), timeout=max(0.1, deadline - time.monotonic()))
                     break
                 except confluent_kafka.KafkaException as e:
-                    # A leader that is moving or not yet elected (just after a topic is created, or a
-                    # broker restart) answers NOT_LEADER for a moment: ask again until the deadline.
-                    if not _leader_moving(e) or time.monotonic() >= deadline:
+                    if _error_code(e) not in _LEADER_MOVING or time.monotonic() >= deadline:
                         raise KafkaError(f"end offsets of {tp.topic}:{tp.partition}: {e}") from e
                     time.sleep(0.1)
             out[tp] = (int(low), int(high))
@@ -438,11 +440,9 @@ class GroupConsumer:
         try:
             self._c.commit(offsets=[_rd_tp(tp, off) for tp, off in next_offsets.items()], asynchronous=False)
         except confluent_kafka.KafkaException as e:
-            err = e.args[0] if e.args else None
-            code = err.code() if isinstance(err, confluent_kafka.KafkaError) else None
-            if code in self._MOVED_ON:
-                raise CommitFailedError(f"commit refused, the group moved on: {err}") from e
-            raise KafkaError(f"commit failed: {err}") from e
+            if _error_code(e) in self._MOVED_ON:
+                raise CommitFailedError(f"commit refused, the group moved on: {e}") from e
+            raise KafkaError(f"commit failed: {e}") from e
 
     def committed(self, tps: Iterable[TopicPartition], timeout_s: float = 10.0) -> dict[TopicPartition, int | None]:
         """The group's committed offset per partition (None: nothing committed yet)."""
@@ -558,9 +558,7 @@ def ensure_topics(
             try:
                 future.result(timeout=timeout_s)
             except confluent_kafka.KafkaException as e:
-                err = e.args[0] if e.args else None
-                if not (isinstance(err, confluent_kafka.KafkaError)
-                        and err.code() == confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS):
+                if _error_code(e) != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
                     raise KafkaError(f"creating topic {name}: {e}") from e
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:  # metadata and leader election propagate asynchronously
