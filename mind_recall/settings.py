@@ -110,7 +110,7 @@ class HyperParameters:
     hard_neg_beta: float = _non_negative(0.0)  # REMI hard negatives: weight exp(beta * score); 0: off
     routing_reg: float = _non_negative(0.0)  # REMI routing variance penalty lambda; 0: off
     readout: str = _one_of("auto", ("auto", "attention", "argmax"))  # training readout over interests
-    bilinear: str = _one_of("per_interest", ("shared", "per_interest"))  # MIND: one S, or one S_k per interest
+    bilinear: str = _one_of("none", ("none", "shared", "per_interest"))  # MIND: S = I, one S, or one S_k per interest
     bilinear_init: str = _one_of("identity", ("identity", "normal"))  # MIND: S starts as I + noise, or N(0, 1/D)
     global_interest: bool = False  # MIND: the history's mean vector as one more interest (K + 1)
     # Learned weight per position back from the newest behaviour; auto: on for mind (measured better),

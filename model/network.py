@@ -39,7 +39,7 @@ class NetConfig:
     routing_per_sample: bool = True  # MIND: fresh random routing logits per training sample
     hard_neg_beta: float = 0.0  # REMI interest-aware hard negatives (0: off)
     routing_reg: float = 0.0  # REMI routing/attention variance penalty lambda (0: off)
-    bilinear: str = "per_interest"  # MIND: one map S for all interests | per_interest: S_k (ComiRec-DR style)
+    bilinear: str = "none"  # MIND: none (S = I) | shared: one map S | per_interest: S_k (ComiRec-DR style)
     readout: str = "auto"  # training readout: attention (label-aware, pow_p) | argmax (ComiRec) | auto
     bilinear_init: str = "identity"  # MIND: S (each S_k) starts as identity + N(0, 0.01/D) | normal: N(0, 1/D)
     global_interest: bool = False  # MIND: the mean of the history vectors as one more interest (K + 1)
@@ -69,8 +69,8 @@ class NetConfig:
     def validate(self) -> None:
         if self.model not in ("mind", "comirec_sa", "single_vector"):
             raise ValueError(f"hyper_parameters.model: expected mind|comirec_sa|single_vector, got {self.model!r}")
-        if self.bilinear not in ("shared", "per_interest"):
-            raise ValueError(f"hyper_parameters.bilinear: expected shared|per_interest, got {self.bilinear!r}")
+        if self.bilinear not in ("none", "shared", "per_interest"):
+            raise ValueError(f"hyper_parameters.bilinear: expected none|shared|per_interest, got {self.bilinear!r}")
         if self.bilinear_init not in ("identity", "normal"):
             raise ValueError(
                 f"hyper_parameters.bilinear_init: expected identity|normal, got {self.bilinear_init!r}")
@@ -78,6 +78,11 @@ class NetConfig:
             raise ValueError(f"hyper_parameters.readout: expected auto|attention|argmax, got {self.readout!r}")
         if self.item_count < 2:
             raise ValueError(f"hyper_parameters.item_count: need a real item, got {self.item_count}")
+        if self.model == "mind" and self.bilinear == "none" and self.hidden_size != self.embedding_dim:
+            raise ValueError(
+                "hyper_parameters.hidden_size must equal embedding_dim with bilinear=none (no map to change "
+                f"the size; use bilinear=shared or per_interest): {self.hidden_size} != {self.embedding_dim}"
+            )
         if self.model == "mind" and not self.relu_layer and self.hidden_size != self.embedding_dim:
             raise ValueError(
                 "hyper_parameters.hidden_size must equal embedding_dim unless relu_layer=true "
@@ -140,8 +145,9 @@ def interest_count(lengths: paddle.Tensor, k_max: int) -> paddle.Tensor:
 
 
 class CapsuleTower(nn.Layer):
-    """B2I dynamic routing (MIND): one shared bilinear map S (or one per interest, ``bilinear=per_interest``,
-    as ComiRec-DR), started near the identity (``bilinear_init``), fixed random routing logits, squash."""
+    """B2I dynamic routing (MIND): over the item vectors themselves (``bilinear=none``, the default), or
+    through one shared bilinear map S (``shared``, the reference) or one per interest (``per_interest``,
+    as ComiRec-DR), started near the identity (``bilinear_init``); random routing logits, squash."""
 
     def __init__(self, cfg: NetConfig, routing_seed: int = 0) -> None:
         super().__init__()
@@ -149,7 +155,12 @@ class CapsuleTower(nn.Layer):
         d, h, k, length = cfg.embedding_dim, cfg.hidden_size, cfg.capsual_max_k, cfg.maxlen
         self.per_interest = cfg.bilinear == "per_interest"
         shape = [k, d, h] if self.per_interest else [d, h]
-        if cfg.bilinear_init == "identity":
+        if cfg.bilinear == "none":
+            # Routing over the item vectors themselves (S = I, nothing to learn): the capsules live in the
+            # space of the tied item vectors they are scored against. Measured better than a learned
+            # S_k on Yelp, level elsewhere (docs/benchmarks.md, model quality).
+            self.bilinear = None
+        elif cfg.bilinear_init == "identity":
             # S_k = I + small noise: training starts from (routing-weighted) mean pooling of the item
             # vectors, the single vector's strong start, instead of a random bilinear similarity it must
             # first learn; the noise makes the K maps differ. Measured in docs/benchmarks.md (model quality).
@@ -192,12 +203,13 @@ class CapsuleTower(nn.Layer):
         valid = valid_mask(lengths, seq_len)  # [B, L]
         if self.recency is not None:
             hist = self.recency(hist, lengths)
-        if self.per_interest:
+        if self.per_interest and self.bilinear is not None:
             # Behaviour l as seen by interest k: a list of K [B, L, H] (K batched 3-D matmuls train ~6x
             # faster in Paddle 3.3 on CPU than one [B, K, L, H] tensor with 4-D transposes/broadcasts).
             low_k = [paddle.matmul(hist, self.bilinear[j]) * valid.unsqueeze(-1) for j in range(k)]
         else:
-            low = paddle.matmul(hist, self.bilinear) * valid.unsqueeze(-1)  # [B, L, H]; padding -> 0
+            low = hist if self.bilinear is None else paddle.matmul(hist, self.bilinear)
+            low = low * valid.unsqueeze(-1)  # [B, L, H]; padding -> 0
         # Routing iterations do not backpropagate (as in MIND/PaddleRec), unless routing_reg needs
         # a gradient through the routing weights.
         reg = self.training and self.cfg.routing_reg > 0

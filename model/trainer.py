@@ -86,8 +86,9 @@ def load_network(ckpt: str | Path) -> tuple[Any, dict[str, Any]]:
     from model.network import NetConfig, RecallNetwork
 
     meta = read_meta(ckpt)
-    # recency: checkpoints written before the option existed have no such weights.
-    cfg = NetConfig(**{"recency": False, **meta["net"]})
+    # Keys a checkpoint written before the option existed lacks: what the network was then
+    # (no recency weights; one shared bilinear map).
+    cfg = NetConfig(**{"recency": False, "bilinear": "shared", **meta["net"]})
     net = RecallNetwork(cfg, routing_seed=int(meta.get("routing_seed", 0)))
     net.set_state_dict(paddle.load(str(Path(ckpt) / PARAMS)))
     net.eval()

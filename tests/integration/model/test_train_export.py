@@ -224,14 +224,16 @@ def test_evaluate_cli_json_and_milvus_index(trained: Settings, tmp_path: Path, m
     assert "no checkpoint for epoch 7" in capsys.readouterr().err
 
 
-def test_checkpoint_from_before_recency_loads_without_it(data_dir: Path, tmp_path: Path) -> None:
+def test_checkpoint_from_before_recency_and_bilinear_loads_as_it_was(data_dir: Path, tmp_path: Path) -> None:
     s = _settings(data_dir, tmp_path / "ckpt", "runner.epochs=1", "runner.batches_per_epoch=5",
-                  "hyper_parameters.recency=false")
+                  "hyper_parameters.recency=false", "hyper_parameters.bilinear=shared")
     opts = [a for o in _overrides(s) for a in ("-o", o)]
     assert cli.main(["train", *opts]) == 0
     ckpt = checkpoints(s.runner.model_save_path)[-1]
     meta = json.loads((ckpt / "meta.json").read_text())
-    del meta["net"]["recency"]  # what a checkpoint written before the option holds
+    # What a checkpoint written before the options holds: no recency weights, one shared map.
+    del meta["net"]["recency"], meta["net"]["bilinear"]
     (ckpt / "meta.json").write_text(json.dumps(meta))
     net, _ = load_network(ckpt)
     assert net.cfg.recency is False and net.tower.recency is None
+    assert net.cfg.bilinear == "shared" and tuple(net.tower.bilinear.shape) == (s.hyper_parameters.embedding_dim,) * 2

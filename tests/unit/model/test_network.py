@@ -31,7 +31,8 @@ def _encode(net: RecallNetwork, hist: np.ndarray, lengths: np.ndarray) -> tuple[
 
 
 @pytest.mark.parametrize("kw", [{}, {"dynamic_k": True}, {"relu_layer": True}, {"model": "single_vector"},
-                                {"bilinear": "per_interest"}, {"global_interest": True}, {"recency": True}])
+                                {"bilinear": "per_interest"}, {"bilinear": "none"}, {"global_interest": True},
+                                {"recency": True}])
 def test_padding_changes_nothing(kw: dict) -> None:
     net = _net(**kw)
     rng = np.random.default_rng(0)
@@ -128,7 +129,7 @@ def test_loss_accidental_hit_and_gradient_to_tied_embedding(kw: dict) -> None:
 def test_hidden_size_must_match_without_readout() -> None:
     with pytest.raises(ValueError, match="hidden_size"):
         RecallNetwork(NetConfig(item_count=10, embedding_dim=8, hidden_size=16))
-    RecallNetwork(NetConfig(item_count=10, embedding_dim=8, hidden_size=16, relu_layer=True))
+    RecallNetwork(NetConfig(item_count=10, embedding_dim=8, hidden_size=16, relu_layer=True, bilinear="shared"))
 
 
 def test_comirec_sa_padding_changes_nothing_and_attention_is_convex() -> None:
@@ -268,8 +269,30 @@ def test_identity_bilinear_starts_as_pooling(bilinear: str) -> None:
     assert (rnd[0] @ hist[0, 0] / (np.linalg.norm(rnd[0], axis=1) * np.linalg.norm(hist[0, 0]))).max() < 0.9
 
 
+def test_no_bilinear_is_routing_with_the_identity_map() -> None:
+    none, shared = _net(bilinear="none"), _net(bilinear="shared")
+    assert none.tower.bilinear is None and not [p for p in none.tower.parameters() if p.shape == [D, D]]
+    shared.tower.bilinear.set_value(np.eye(D, dtype="float32"))
+    hist = np.random.default_rng(8).standard_normal((3, L, D)).astype("float32")
+    lens = np.array([1, 4, 10])
+    a, n_a = _encode(none, hist, lens)
+    b, n_b = _encode(shared, hist, lens)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(n_a, n_b)
+    # A learned map that is not the identity gives other interests.
+    shared.tower.bilinear.set_value(np.eye(D, dtype="float32") * 2.0 + 0.3)
+    c, _ = _encode(shared, hist, lens)
+    assert not np.allclose(a, c, atol=1e-3)
+
+
+def test_no_bilinear_needs_hidden_equal_to_embedding_dim() -> None:
+    with pytest.raises(ValueError, match=r"hidden_size.*bilinear=none.*16 != 8"):
+        RecallNetwork(NetConfig(item_count=10, embedding_dim=8, hidden_size=16, relu_layer=True, bilinear="none"))
+
+
 def test_identity_bilinear_is_seeded_by_the_routing_seed() -> None:
-    cfg = NetConfig(item_count=50, embedding_dim=D, hidden_size=D, maxlen=L, capsual_max_k=K)
+    cfg = NetConfig(item_count=50, embedding_dim=D, hidden_size=D, maxlen=L, capsual_max_k=K,
+                    bilinear="per_interest")
     a, b = RecallNetwork(cfg, routing_seed=3), RecallNetwork(cfg, routing_seed=3)
     np.testing.assert_array_equal(a.tower.bilinear.numpy(), b.tower.bilinear.numpy())
     assert not np.array_equal(a.tower.bilinear.numpy(), RecallNetwork(cfg, routing_seed=4).tower.bilinear.numpy())
