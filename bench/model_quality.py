@@ -33,7 +33,8 @@ REFERENCE = ["hyper_parameters.capsual_max_k=4", "hyper_parameters.bilinear=shar
 VARIANTS: dict[str, list[str]] = {
     "mind": [],
     "mind+dynamic_k": ["hyper_parameters.dynamic_k=true"],
-    "mind+bilinear_init=normal": ["hyper_parameters.bilinear_init=normal"],
+    "mind+bilinear=per_interest": ["hyper_parameters.bilinear=per_interest"],
+    "mind+bilinear_init=normal": ["hyper_parameters.bilinear=per_interest", "hyper_parameters.bilinear_init=normal"],
     "mind+bilinear=shared": ["hyper_parameters.bilinear=shared"],
     "mind+k=4": ["hyper_parameters.capsual_max_k=4"],
     "mind+global_interest": ["hyper_parameters.global_interest=true"],

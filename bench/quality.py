@@ -146,7 +146,9 @@ MODELS: dict[str, list[str]] = {
 # Each training option of issue 14, switched against the default config (one at a time).
 ABLATION: dict[str, list[str]] = {
     "recency=false": ["hyper_parameters.recency=false"],
-    "bilinear_init=normal": ["hyper_parameters.bilinear_init=normal"],
+    "bilinear=per_interest": ["hyper_parameters.bilinear=per_interest"],
+    "bilinear=per_interest,bilinear_init=normal": ["hyper_parameters.bilinear=per_interest",
+                                                   "hyper_parameters.bilinear_init=normal"],
     "routing_per_sample=false": ["hyper_parameters.routing_per_sample=false"],
     "bilinear=shared": ["hyper_parameters.bilinear=shared"],
     "capsual_max_k=4": ["hyper_parameters.capsual_max_k=4"],

@@ -135,7 +135,8 @@ def test_resume_reproduces_an_uninterrupted_run(data_dir: Path, tmp_path: Path) 
     ["hyper_parameters.model=comirec_sa", "hyper_parameters.routing_reg=100", "hyper_parameters.hard_neg_beta=5"],
     ["hyper_parameters.routing_per_sample=true", "hyper_parameters.routing_reg=100",
      "hyper_parameters.bilinear=per_interest", "hyper_parameters.capsual_max_k=2"],
-    ["hyper_parameters.global_interest=true", "hyper_parameters.bilinear_init=normal"],
+    ["hyper_parameters.global_interest=true", "hyper_parameters.bilinear_init=normal",
+     "hyper_parameters.bilinear=shared"],
     ["hyper_parameters.recency=false"],
     ["hyper_parameters.model=single_vector", "hyper_parameters.recency=true"],
 ])
