@@ -157,8 +157,8 @@ class CapsuleTower(nn.Layer):
         shape = [k, d, h] if self.per_interest else [d, h]
         if cfg.bilinear == "none":
             # Routing over the item vectors themselves (S = I, nothing to learn): the capsules live in the
-            # space of the tied item vectors they are scored against. Measured better than a learned
-            # S_k on Yelp, level elsewhere (docs/benchmarks.md, model quality).
+            # space of the tied item vectors they are scored against. Measured better than learned S_k
+            # on Beauty, Yelp and Toys, level on Retailrocket (docs/benchmarks.md, model quality).
             self.bilinear = None
         elif cfg.bilinear_init == "identity":
             # S_k = I + small noise: training starts from (routing-weighted) mean pooling of the item
