@@ -182,6 +182,8 @@ def _train_test(data: Path, work: Path, name: str, seed: int, overrides: list[st
         r = evaluate_checkpoint(s, n)
         out.update({f"{m}@{n}": r[f"{m}@{n}"] for m in METRICS})
         out["users"] = r["users"]
+    # Where Recall@50 comes from: by history length, re-views vs new items (model.evaluation.breakdown).
+    out.update({k: v for k, v in r.items() if "_hist_" in k or k.startswith(("repeat_", "new_"))})
     # As the worker serves by default (worker.exclude_seen): new items only, history items not ranked.
     r = evaluate_checkpoint(s, 50, exclude_seen=True)
     out.update({f"served_{m}@50": r[f"{m}@50"] for m in METRICS})
@@ -280,14 +282,28 @@ def markdown_table(res: dict) -> str:
     head = "| method | " + " | ".join(c.replace("hitrate", "HR").replace("recall", "R").replace("ndcg", "NDCG")
                                      for c in cols) + " | epochs | train s |"
     lines = [head, "|" + "---|" * (len(cols) + 3)]
-    for name, r in res.items():
-        if name in ("data", "seeds", "overrides", "meta", "ratios_recall@50", "markdown", "most_popular"):
-            continue
+    models = {name: r for name, r in res.items()
+              if name not in ("data", "seeds", "overrides", "meta", "ratios_recall@50", "markdown", "most_popular")}
+    for name, r in models.items():
         cells = [f"{r[c]['mean']:.4f} ± {r[c]['std']:.4f}" for c in cols]
         tail = f" | {r['epoch']['mean'] + 1:.1f} | {r['train_s']['mean']:.0f} |"
         lines.append(f"| {name} | " + " | ".join(cells) + tail)
     mp = res["most_popular"]
     lines.append("| most_popular | " + " | ".join(f"{mp[c]:.4f}" for c in cols) + " | - | - |")
+    # Where the Recall@50 comes from (test users): by history length, then re-views vs new items (a column
+    # is left out where it is empty, e.g. no re-views on Beauty).
+    first: dict[str, Any] = next(iter(models.values()), {})
+    names = {"repeat_recall@50": "re-viewed items", "new_recall@50": "new items"}
+    extra = [k for k in first if k.startswith("recall@50_hist_") or k in names]
+    rows = [(name, r) for name, r in models.items() if all(c in r for c in extra)]
+    if extra and rows:
+        def title(c: str) -> str:
+            if c in names:
+                return names[c]
+            users = first.get(c.replace("recall@50_hist", "users_hist"), {}).get("mean")
+            return f"history {c.rsplit('_', 1)[-1]}" + (f" ({users:.0f} users)" if users is not None else "")
+        lines += ["", "| Recall@50 of | " + " | ".join(title(c) for c in extra) + " |", "|" + "---|" * (len(extra) + 1)]
+        lines += [f"| {name} | " + " | ".join(f"{r[c]['mean']:.4f}" for c in extra) + " |" for name, r in rows]
     return "\n".join(lines)
 
 

@@ -62,6 +62,40 @@ def recall_ndcg_hitrate(
     return hits / truth_arr.size, dcg / idcg, 1.0
 
 
+HISTORY_BUCKETS: tuple[tuple[int, int | None], ...] = ((1, 4), (5, 7), (8, 15), (16, None))
+
+
+def _bucket_name(lo: int, hi: int | None) -> str:
+    return f"{lo}+" if hi is None else f"{lo}-{hi}"
+
+
+def breakdown(
+    hist_len: Sequence[int], recall: Sequence[float], repeat: tuple[int, int], new: tuple[int, int], n: int
+) -> dict:
+    """Where the recall comes from (diagnostics beside the headline metrics): the mean per-user Recall@n
+    by history length (``HISTORY_BUCKETS``; ``None`` where a bucket is empty) and, over all eval items,
+    the share found among re-views (items already in the user's history) and among new items.
+
+    Multi-interest models can only help where there is a history to split, and re-views are found
+    by any model that keeps the history's items close to the user vector, so both views are needed to
+    read a Recall@n ratio (docs/benchmarks.md, Retailrocket)."""
+    if len(hist_len) != len(recall):
+        raise ValueError(f"{len(hist_len)} history lengths for {len(recall)} recalls")
+    lens = np.asarray(hist_len, dtype=np.int64)
+    rec = np.asarray(recall, dtype=np.float64)
+    out: dict[str, float | int | None] = {}
+    for lo, hi in HISTORY_BUCKETS:
+        sel = (lens >= lo) & (lens <= (hi if hi is not None else np.iinfo(np.int64).max))
+        name = _bucket_name(lo, hi)
+        out[f"users_hist_{name}"] = int(sel.sum())
+        out[f"recall@{n}_hist_{name}"] = float(rec[sel].mean()) if sel.any() else None
+    (rep_hit, rep_all), (new_hit, new_all) = repeat, new
+    out[f"repeat_recall@{n}"] = rep_hit / rep_all if rep_all else None
+    out[f"new_recall@{n}"] = new_hit / new_all if new_all else None
+    out["repeat_share"] = rep_all / (rep_all + new_all) if rep_all + new_all else None
+    return out
+
+
 def _summary(recall: list[float], ndcg: list[float], hit: list[float], n: int) -> dict:
     users = len(recall)
     if users == 0:
@@ -89,7 +123,8 @@ def evaluate(
     n_interests [B] int64)``; ``search(queries [n, D] float32, top_n) -> (ids [n, top_n] int64
     with -1 padding, scores [n, top_n] float32)``. Only each user's first ``n_interests`` interests
     are searched (one search call per batch); the rest is ``merge`` with no exclusion.
-    Returns ``{"recall@N", "ndcg@N", "hitrate@N", "users", "avg_interests"}``.
+    Returns ``{"recall@N", "ndcg@N", "hitrate@N", "users", "avg_interests"}`` and ``breakdown``'s keys
+    (recall by history length, re-view and new items).
 
     ``exclude_seen`` scores what the worker serves by default (``worker.exclude_seen``): the user's
     whole history is dropped from the ranked list *and* from the eval items, so only new items count;
@@ -100,6 +135,9 @@ def evaluate(
     recall: list[float] = []
     ndcg: list[float] = []
     hit: list[float] = []
+    hist_len: list[int] = []
+    repeat = [0, 0]  # [hits, eval items] among re-views (eval items already in the history)
+    new = [0, 0]  # the same among new items
     n_int_total = 0
     all_seen = 0
     for lo in range(0, len(users), batch_size):
@@ -127,12 +165,22 @@ def evaluate(
                 continue
             merged = merge(ids[row[i] : row[i + 1]], scores[row[i] : row[i + 1]], top_n,
                            exclude=u.hist if exclude_seen else ())
-            r, nd, h = recall_ndcg_hitrate([c.item_id for c in merged], truth, top_n)
+            ranked = [c.item_id for c in merged]
+            r, nd, h = recall_ndcg_hitrate(ranked, truth, top_n)
+            truth = np.unique(truth)
+            seen = np.isin(truth, u.hist)
+            found = np.isin(truth, ranked[:top_n])
+            repeat[0] += int((found & seen).sum())
+            repeat[1] += int(seen.sum())
+            new[0] += int((found & ~seen).sum())
+            new[1] += int((~seen).sum())
+            hist_len.append(len(u.hist))
             recall.append(r)
             ndcg.append(nd)
             hit.append(h)
         n_int_total += int(n_int.sum())
     out = _summary(recall, ndcg, hit, top_n)
+    out.update(breakdown(hist_len, recall, (repeat[0], repeat[1]), (new[0], new[1]), top_n))
     out["avg_interests"] = n_int_total / len(users)
     if exclude_seen:
         out["users_all_seen"] = all_seen

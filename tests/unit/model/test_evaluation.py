@@ -9,6 +9,7 @@ import pytest
 
 from model.data import EvalUser
 from model.evaluation import (
+    breakdown,
     evaluate,
     exact_search,
     most_popular,
@@ -120,6 +121,30 @@ def test_evaluate_merges_interests_and_keeps_seen_items() -> None:
     assert res["hitrate@2"] == pytest.approx(2 / 3)
     assert res["ndcg@2"] == pytest.approx((1 + _d(1) / (_d(0) + _d(1)) + 0) / 3)
     assert res["avg_interests"] == pytest.approx((1 + 2 + 3) / 3)
+    # Re-views: 2 (user 1, found), 4 (user 2, found), 2 (user 3, missed); new: 6 (user 2, missed).
+    assert res["repeat_recall@2"] == pytest.approx(2 / 3)
+    assert res["new_recall@2"] == 0.0
+    assert res["repeat_share"] == pytest.approx(3 / 4)
+    assert res["users_hist_1-4"] == 3 and res["users_hist_16+"] == 0
+    assert res["recall@2_hist_1-4"] == pytest.approx(res["recall@2"])
+    assert res["recall@2_hist_16+"] is None
+
+
+def test_breakdown_buckets_by_history_length_and_splits_reviews() -> None:
+    out = breakdown([1, 4, 5, 7, 8, 15, 16, 300], [1.0, 0.0, 0.5, 0.5, 0.2, 0.4, 0.1, 0.3], (3, 4), (1, 8), 50)
+    assert [out[f"users_hist_{b}"] for b in ("1-4", "5-7", "8-15", "16+")] == [2, 2, 2, 2]
+    assert out["recall@50_hist_1-4"] == pytest.approx(0.5)
+    assert out["recall@50_hist_5-7"] == pytest.approx(0.5)
+    assert out["recall@50_hist_8-15"] == pytest.approx(0.3)
+    assert out["recall@50_hist_16+"] == pytest.approx(0.2)
+    assert out["repeat_recall@50"] == pytest.approx(0.75)
+    assert out["new_recall@50"] == pytest.approx(0.125)
+    assert out["repeat_share"] == pytest.approx(4 / 12)
+    empty = breakdown([2], [1.0], (0, 0), (1, 1), 20)
+    assert empty["repeat_recall@20"] is None and empty["repeat_share"] == 0.0
+    assert empty["recall@20_hist_5-7"] is None
+    with pytest.raises(ValueError, match="history lengths"):
+        breakdown([1, 2], [1.0], (0, 0), (0, 0), 20)
 
 
 def test_evaluate_searches_only_valid_interests_in_one_call_per_batch() -> None:
