@@ -76,9 +76,9 @@ def breakdown(
     by history length (``HISTORY_BUCKETS``; ``None`` where a bucket is empty) and, over all eval items,
     the share found among re-views (items already in the user's history) and among new items.
 
-    Multi-interest models can only help where there is a history to split, and re-views are found
-    by any model that keeps the history's items close to the user vector, so both views are needed to
-    read a Recall@n ratio (docs/benchmarks.md, Retailrocket)."""
+    A Recall@n ratio alone hides where it comes from: short or long histories, re-views (found by
+    any model that keeps the history's items close to its user vector) or new items. On Retailrocket
+    that is what explains MIND's miss (docs/benchmarks.md, "Why Retailrocket misses")."""
     if len(hist_len) != len(recall):
         raise ValueError(f"{len(hist_len)} history lengths for {len(recall)} recalls")
     lens = np.asarray(hist_len, dtype=np.int64)
