@@ -202,9 +202,12 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 30) -> int:
     try:
         return proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
+        # Every thread's stack into the worker's log first (mind_recall.logs: faulthandler on SIGUSR1).
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
         proc.kill()
         proc.wait(5)
-        raise AssertionError("the worker did not stop on SIGTERM") from None
+        raise AssertionError("the worker did not stop on SIGTERM (thread stacks at the end of its log)") from None
 
 
 def store_round_trip(store: Any, name: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
