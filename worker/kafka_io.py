@@ -129,6 +129,10 @@ def rd_config(settings: Settings) -> dict[str, Any]:
         "security.protocol": k.security_protocol.lower(),
         "socket.timeout.ms": k.request_timeout_ms,
         "reconnect.backoff.max.ms": 2000,
+        # After a broker restart librdkafka can keep a partition whose leader is "not found in cache"
+        # (metadata taken while the broker was still starting); nothing then fails, so only the periodic
+        # refresh repairs it: 10 s instead of the 5-min default (docs/design.md, known issues).
+        "topic.metadata.refresh.interval.ms": 10_000,
     }
     if k.security_protocol.startswith("SASL"):
         cfg.update({"sasl.mechanism": k.sasl_mechanism, "sasl.username": k.sasl_username,
