@@ -182,8 +182,8 @@ def _train_test(data: Path, work: Path, name: str, seed: int, overrides: list[st
         r = evaluate_checkpoint(s, n)
         out.update({f"{m}@{n}": r[f"{m}@{n}"] for m in METRICS})
         out["users"] = r["users"]
-    # Where Recall@50 comes from: by history length, re-views vs new items (model.evaluation.breakdown).
-    out.update({k: v for k, v in r.items() if "_hist_" in k or k.startswith(("repeat_", "new_"))})
+        if n == 50:  # where Recall@50 comes from: history length, re-views vs new (model.evaluation.breakdown)
+            out.update({k: v for k, v in r.items() if "_hist_" in k or k.startswith(("repeat_", "new_"))})
     # As the worker serves by default (worker.exclude_seen): new items only, history items not ranked.
     r = evaluate_checkpoint(s, 50, exclude_seen=True)
     out.update({f"served_{m}@50": r[f"{m}@50"] for m in METRICS})

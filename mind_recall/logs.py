@@ -32,8 +32,8 @@ def _stack_dumps() -> None:
     stuck inside a C call (a client library waiting on the network), where no Python handler can run:
     how an operator, or a test whose worker did not stop on SIGTERM, finds out where it hangs."""
     usr1 = getattr(signal, "SIGUSR1", None)
-    if usr1 is None or not hasattr(faulthandler, "register"):  # not on Windows
+    if usr1 is None:  # Windows: neither SIGUSR1 nor faulthandler.register
         return
     # stderr without a file descriptor (captured by a test runner): no dumps, nothing else changes
-    with contextlib.suppress(ValueError, OSError, AttributeError, io.UnsupportedOperation):
+    with contextlib.suppress(ValueError, OSError, io.UnsupportedOperation):
         faulthandler.register(usr1, file=sys.stderr, all_threads=True, chain=False)

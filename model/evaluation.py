@@ -167,9 +167,9 @@ def evaluate(
                            exclude=u.hist if exclude_seen else ())
             ranked = [c.item_id for c in merged]
             r, nd, h = recall_ndcg_hitrate(ranked, truth, top_n)
-            truth = np.unique(truth)
-            seen = np.isin(truth, u.hist)
-            found = np.isin(truth, ranked[:top_n])
+            distinct = np.unique(truth)  # as recall_ndcg_hitrate counts them
+            seen = np.isin(distinct, u.hist)
+            found = np.isin(distinct, ranked)  # merge returned at most top_n
             repeat[0] += int((found & seen).sum())
             repeat[1] += int(seen.sum())
             new[0] += int((found & ~seen).sum())
