@@ -12,7 +12,9 @@ poll -> decode/validate -> batch -> write -> flush the DLQ producer -> commit.
   EXIT_OUTAGE: nothing of the failed batch was committed, a restart re-reads it.
 * Kafka errors after the write (DLQ send, commit; the broker went away): the same pause/backoff and
   outage limit; only offsets of written records are committed, a refused commit (the group moved on)
-  leaves them to be re-read. While idle, kafka-python's poll just returns nothing during an outage.
+  leaves them to be re-read. While idle, the consumer's poll just returns nothing during an outage.
+  A commit that gets no answer counts as failed after ``kafka.request_timeout_ms`` + 5 s (kafka_io).
+* Stop (SIGTERM) during an outage wait: leave at once without committing the batch (re-read on restart).
 * Rebalance: records of revoked partitions are dropped from the uncommitted batch (the new owner
   re-reads them; upserts are idempotent).
 
@@ -43,7 +45,7 @@ from mind_recall.settings import ConfigError, Settings, load
 from mind_recall.wire import DeadLetter
 from worker import kafka_io
 from worker.metrics import Metrics
-from worker.outage import EXIT_OUTAGE, Outage, OutageError
+from worker.outage import EXIT_OUTAGE, Outage, OutageError, Stopped
 from worker.store import ItemStore, LiveCollection, SchemaMismatch, StoreError
 
 log = logging.getLogger(__name__)
@@ -194,6 +196,10 @@ class ItemWriter:
             if self.pending:
                 self._flush(consumer, producer)
             return EXIT_OK
+        except Stopped as e:
+            log.warning("stopped while waiting out %s; the batch (%d records) is not committed and is read "
+                        "again on restart (writes are idempotent)", e, len(self.pending))
+            return EXIT_OK
         except OutageError as e:
             log.error("%s; exiting without committing the pending batch (%d records)", e, len(self.pending))
             return EXIT_OUTAGE
@@ -249,9 +255,12 @@ class ItemWriter:
 
     # -- Kafka outages (the broker went away between poll and commit) --------------------------------
     def _kafka_down(self, consumer: Any, outage: Outage, what: str, e: Exception) -> None:
-        """Pause and wait one backoff step (worker/outage.py: OutageError past the limit, a bug at once)."""
+        """Pause and wait one backoff step (worker/outage.py: OutageError past the limit, a bug at once;
+        Stopped when stop() was called: a SIGTERM during an outage is not held up by it)."""
         self._pause(consumer)
         self._wait_polling(consumer, outage.failed(e, f"kafka ({what})"), keep=False)
+        if self.stop_event.is_set():
+            raise Stopped(f"kafka ({what})")
 
     def _dead_letters_with_retry(self, consumer: Any, producer: Any, dead: list[DeadLetter]) -> None:
         """Every dead letter acknowledged before the commit: a failed send is re-sent, never skipped. One the
@@ -314,6 +323,8 @@ class ItemWriter:
                 delay = outage.failed(e)  # SchemaMismatch and bugs raise here, OutageError past the limit
                 self._pause(consumer)
                 self._wait_polling(consumer, delay)
+                if self.stop_event.is_set():
+                    raise Stopped("milvus") from e
                 continue
             outage.ok()
             self._resume(consumer)
@@ -329,7 +340,7 @@ class ItemWriter:
         while True:
             self._update_lag(consumer)  # a writer stuck retrying shows in consumer_lag
             left = end - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self.stop_event.is_set():
                 return
             polled = consumer.poll(timeout_ms=int(min(left, 0.5) * 1000) + 1)
             for tp, records in polled.items():  # only from partitions assigned since the pause

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -277,10 +278,16 @@ class GroupConsumer:
     Why not kafka-python here: at 500 req/s its IO thread and poll took ~50 % of the recall
     worker's CPU samples and raised an internal timeout exception per poll (garbage for the collector);
     librdkafka fetches in C threads ahead of ``poll``. Rebalance callbacks run inside ``poll`` on the
-    caller's thread (blocking calls such as commit are allowed there)."""
+    caller's thread (blocking calls such as commit are allowed there).
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    ``commit`` and ``close`` have a deadline (``call_timeout_s``): librdkafka's synchronous commit waits
+    for its reply without one, and after a broker restart that reply was once never delivered, which
+    froze the item writer for good (docs/design.md, known issues)."""
+
+    def __init__(self, config: dict[str, Any], call_timeout_s: float = 35.0) -> None:
         self._c = confluent_kafka.Consumer(config, logger=rd_log)
+        self.call_timeout_s = call_timeout_s
+        self.timed_out_calls = 0  # commits / closes given up on (their helper threads may still be waiting)
         self._paused: set[TopicPartition] = set()  # librdkafka does not say which are paused
         self._eof: dict[TopicPartition, int] = {}  # end-of-partition offsets seen (readers only)
 
@@ -440,9 +447,34 @@ class GroupConsumer:
         }
     )
 
+    def _bounded(self, what: str, call: Callable[[], Any]) -> None:
+        """Run a blocking librdkafka call on a helper thread (it releases the GIL) and wait at most
+        ``call_timeout_s``; past it raise KafkaError. The caller's thread stays responsive: it logs,
+        handles signals and applies its outage limit. A call given up on may still finish later; that is
+        harmless for what goes through here (a commit is idempotent, a close is the end)."""
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as e:  # handed to the caller's thread
+                failed.append(e)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"kafka-{what}", daemon=True).start()
+        if not done.wait(self.call_timeout_s):
+            self.timed_out_calls += 1
+            raise KafkaError(f"{what} did not return within {self.call_timeout_s:g}s (librdkafka gave no answer)")
+        if failed:
+            raise failed[0]
+
     def commit(self, next_offsets: Mapping[TopicPartition, int]) -> None:
+        """Synchronous commit with a deadline; a timeout is a KafkaError (retried like any Kafka outage)."""
+        offsets = [_rd_tp(tp, off) for tp, off in next_offsets.items()]
         try:
-            self._c.commit(offsets=[_rd_tp(tp, off) for tp, off in next_offsets.items()], asynchronous=False)
+            self._bounded("commit", lambda: self._c.commit(offsets=offsets, asynchronous=False))
         except confluent_kafka.KafkaException as e:
             if _error_code(e) in self._MOVED_ON:
                 raise CommitFailedError(f"commit refused, the group moved on: {e}") from e
@@ -472,7 +504,15 @@ class GroupConsumer:
         return None if md is None or md.error is not None else set(md.partitions)
 
     def close(self) -> None:
-        self._c.close()  # leaves the group at once (no session-timeout wait for the others)
+        """Leave the group at once (no session-timeout wait for the others). librdkafka's close waits for
+        outstanding commits, so a commit that never answered would hold it too: bounded like commit; past
+        the deadline the process goes on shutting down and the broker drops the member after its
+        session timeout."""
+        try:
+            self._bounded("close", self._c.close)
+        except KafkaError as e:
+            log.warning("consumer close: %s; leaving without it (the group drops this member after "
+                        "session.timeout.ms)", e)
 
 
 def make_group_consumer(
@@ -502,7 +542,9 @@ def make_group_consumer(
         }
     )
     cfg.update(extra or {})
-    return GroupConsumer(cfg)
+    # one request's timeout and a little: a commit whose coordinator is away fails by itself later
+    # (~45 s measured), and that is a Kafka outage step either way
+    return GroupConsumer(cfg, call_timeout_s=settings.kafka.request_timeout_ms / 1000 + 5)
 
 
 def make_reader(settings: Settings, fetch_max_wait_ms: int = 100) -> GroupConsumer:

@@ -180,6 +180,37 @@ def test_outage_limit_exits_non_zero_without_commit(settings: Settings, tmp_path
     assert writer.run(idle_exit_s=2.0) == 0 and writer.committed == 200
 
 
+def test_sigterm_during_an_outage_exits_at_once_without_commit(settings: Settings, tmp_path: Path) -> None:
+    """An orchestrator's SIGTERM is not held up by the outage wait (the limit here is 5 minutes): the
+    writer leaves within a backoff step, commits nothing of the unwritten batch, and exits 0."""
+    s = settings.replace(
+        f"hyper_parameters.embedding_dim={DIM}", "worker.retry_backoff_s=0.2", "worker.outage_limit_s=300"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pymilvus import MilvusClient\nMilvusClient(sys.argv[1])\n"
+         "print('held', flush=True)\ntime.sleep(120)", s.milvus.uri],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        publish(s, synthetic_updates(200, DIM, 100, 0.0, seed=7, model_version="v1"), progress=False)
+        proc = _writer_proc(s, tmp_path)
+        _wait(lambda: "milvus unavailable" in (tmp_path / "writer.log").read_text(), 60, "the outage to be seen")
+        time.sleep(3)  # a few backoff steps (0.2, 0.4, 0.8, 1.6 s)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        rc = proc.wait(60)
+        took = time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait()
+    log = (tmp_path / "writer.log").read_text()
+    assert rc == 0, log[-2000:]
+    assert took < 20, (took, log[-2000:])  # one backoff step (<= 10 s) and the shutdown, not the 300 s limit
+    assert "stopped while waiting out milvus" in log and "200 records" in log
+    assert _committed(s) == 0
+
+
 def test_bad_records_go_to_dlq_with_reason_and_neighbours_apply(settings: Settings) -> None:
     s = settings.replace("worker.max_record_bytes=2000")
     store = ItemStore(s.milvus)

@@ -1,8 +1,14 @@
 """GroupConsumer.commit's error mapping (pure logic over a stand-in for librdkafka's consumer): the
 callers retry a KafkaError (broker away) but give up on a CommitFailedError (the group moved on).
-And GroupConsumer.watermarks: a moving leader is asked again, other errors are not."""
+A commit or close that never returns is given up on after ``call_timeout_s`` (librdkafka's synchronous
+commit has no deadline of its own). And GroupConsumer.watermarks: a moving leader is asked again, other
+errors are not."""
 
 from __future__ import annotations
+
+import logging
+import threading
+import time
 
 import confluent_kafka
 import pytest
@@ -19,9 +25,59 @@ class _Refusing:
 
 
 def _consumer(code: int) -> kafka_io.GroupConsumer:
+    return _wrap(_Refusing(code))
+
+
+def _wrap(fake: object, call_timeout_s: float = 5.0) -> kafka_io.GroupConsumer:
     c = object.__new__(kafka_io.GroupConsumer)
-    c._c = _Refusing(code)
+    c._c = fake
+    c.call_timeout_s, c.timed_out_calls = call_timeout_s, 0
     return c
+
+
+class _Silent:
+    """A commit / close whose answer never comes (seen after a broker restart), until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.commits = 0
+
+    def commit(self, **_: object) -> None:
+        self.commits += 1
+        self.release.wait()
+
+    def close(self) -> None:
+        self.release.wait()
+
+
+def test_a_commit_without_answer_is_a_kafka_error_at_the_deadline() -> None:
+    fake = _Silent()
+    c = _wrap(fake, call_timeout_s=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(kafka_io.KafkaError, match=r"commit did not return within 0\.3s") as info:
+        c.commit({kafka_io.TopicPartition("t", 0): 5})
+    assert 0.3 <= time.monotonic() - t0 < 2.0
+    assert not isinstance(info.value, kafka_io.CommitFailedError)  # retried, like a broker away
+    assert c.timed_out_calls == 1 and fake.commits == 1
+    fake.release.set()
+
+
+def test_a_commit_that_answers_in_time_returns() -> None:
+    fake = _Silent()
+    fake.release.set()
+    c = _wrap(fake, call_timeout_s=5.0)
+    c.commit({kafka_io.TopicPartition("t", 0): 5})
+    assert c.timed_out_calls == 0 and fake.commits == 1
+
+
+def test_a_close_without_answer_is_left_behind_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    fake = _Silent()
+    c = _wrap(fake, call_timeout_s=0.3)
+    with caplog.at_level(logging.WARNING, logger="worker.kafka_io"):
+        c.close()  # returns: the process can go on shutting down
+    assert c.timed_out_calls == 1
+    assert "close did not return" in caplog.text
+    fake.release.set()
 
 
 @pytest.mark.parametrize(
@@ -59,9 +115,7 @@ class _Watermarks:
 
 
 def _reader(fake: _Watermarks) -> kafka_io.GroupConsumer:
-    c = object.__new__(kafka_io.GroupConsumer)
-    c._c = fake
-    return c
+    return _wrap(fake)
 
 
 def test_watermarks_ask_again_while_the_leader_moves() -> None:
