@@ -13,7 +13,8 @@ is scored on test/ at 20 and 50; most-popular is scored on test/ too. ``--seeds`
 mean and std. ``--ablation`` adds MIND with each training option switched (one at a time).
 ``--lr-grid 0.005,0.001`` trains every model and seed at each learning rate and keeps, per model and
 seed, the run with the best *valid* Recall@50 (test is never looked at to choose): a baseline left at
-the learning rate MIND was tuned for is an unfair baseline (docs/benchmarks.md, baseline learning rate).
+the learning rate MIND was tuned for is an unfair baseline (docs/benchmarks.md, "The single vector's
+learning rate").
 ``--jobs 2`` trains two runs side by side (one process each; same numbers, about half the wall time
 on 2 cores with OMP_NUM_THREADS=1).
 
@@ -223,12 +224,23 @@ def _run_jobs(
 
 def pick_by_valid(runs: dict[float, dict]) -> tuple[float, dict]:
     """The (learning rate, run) with the best valid Recall@50 among one model's runs for one seed (ties:
-    the larger rate, then the first listed). Only valid numbers are compared, so the choice never sees
-    test; a run without a valid score cannot be chosen."""
+    the larger rate). Only valid numbers are compared, so the choice never sees test; a run without a
+    valid score cannot be chosen."""
     scored = [(lr, r) for lr, r in runs.items() if isinstance(r.get("valid_recall@50"), (int, float))]
     if not scored:
         raise ValueError(f"no run has a valid_recall@50 to choose by (learning rates {sorted(runs)})")
     return max(scored, key=lambda lr_r: (lr_r[1]["valid_recall@50"], lr_r[0]))
+
+
+def _lr_grid(text: str) -> list[float]:
+    """``--lr-grid``: distinct positive learning rates, e.g. ``0.005,0.001``."""
+    try:
+        rates = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not rates or any(not r > 0 for r in rates) or len(set(rates)) != len(rates):
+        raise argparse.ArgumentTypeError(f"expected distinct positive learning rates, got {text!r}")
+    return rates
 
 
 def _agg_keys(runs: list[dict]) -> dict:
@@ -267,22 +279,26 @@ def run_dataset(args: argparse.Namespace, work: Path) -> dict:
     if args.ablation:
         for name, extra in ABLATION.items():
             variants[f"mind {name}"] = ["hyper_parameters.model=mind", *extra]
-    lrs: list[float | None] = [float(x) for x in args.lr_grid.split(",")] if args.lr_grid else [None]
-    jobs = [(f"{name}@lr={lr}" if lr else name, seed,
-             [*base, *extra, *([f"hyper_parameters.optimizer.learning_rate={lr}"] if lr else [])])
-            for name, extra in variants.items() for seed in seeds for lr in lrs]
+    grid: list[float] = args.lr_grid
+
+    def run_name(name: str, lr: float | None) -> str:
+        return name if lr is None else f"{name}@lr={lr:g}"
+
+    jobs = [(run_name(name, lr), seed,
+             [*base, *extra, *([] if lr is None else [f"hyper_parameters.optimizer.learning_rate={lr}"])])
+            for name, extra in variants.items() for seed in seeds for lr in (grid or (None,))]
     done: dict[tuple[str, int], dict] = {}
     for name, seed, out in _run_jobs(data, work, jobs, args.jobs):
         done[(name, seed)] = out
         print(json.dumps({"dataset": args.dataset, "variant": name, "seed": seed, **out}), file=sys.stderr, flush=True)
     for name in variants:
-        if lrs == [None]:
+        if not grid:
             res[name] = _agg_keys([done[(name, seed)] for seed in seeds])
             continue
-        chosen = [pick_by_valid({lr: done[(f"{name}@lr={lr}", seed)] for lr in lrs if lr}) for seed in seeds]
+        chosen = [pick_by_valid({lr: done[(run_name(name, lr), seed)] for lr in grid}) for seed in seeds]
         res[name] = _agg_keys([{**run, "learning_rate": lr} for lr, run in chosen])
         res[name]["by_learning_rate"] = {
-            str(lr): _agg_keys([done[(f"{name}@lr={lr}", seed)] for seed in seeds]) for lr in lrs}
+            f"{lr:g}": _agg_keys([done[(run_name(name, lr), seed)] for seed in seeds]) for lr in grid}
     mp = res["most_popular"]["recall@50"]
     ratios: dict[str, Any] = {}
     if "mind" in res:
@@ -392,7 +408,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="--dataset runs trained side by side (one process each)")
     p.add_argument("--max-epochs", type=int, default=30)
     p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--lr-grid", default="",
+    p.add_argument("--lr-grid", type=_lr_grid, default=[],
                    help="comma-separated learning rates: each model and seed keeps its best on valid")
     p.add_argument("--ablation", action="store_true", help="also MIND with each training option switched")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",

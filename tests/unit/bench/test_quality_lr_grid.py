@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -47,3 +48,11 @@ def test_the_table_names_the_chosen_rates() -> None:
     mp = {f"{m}@{n}": 0.01 for n in (20, 50) for m in ("recall", "ndcg", "hitrate")}
     table = q.markdown_table({"single_vector": run, "most_popular": mp})
     assert "| single_vector (lr 0.005, 0.001) |" in table
+
+
+def test_a_bad_grid_is_a_clear_argument_error() -> None:
+    parse = _quality()._lr_grid
+    assert parse("0.005,0.001") == [0.005, 0.001]
+    for bad in ("abc", "0.005,0", "0.001,0.001", "-0.1", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"learning rates|numbers"):
+            parse(bad)
