@@ -113,6 +113,10 @@ class HyperParameters:
     bilinear: str = _one_of("none", ("none", "shared", "per_interest"))  # MIND: S = I, one S, or one S_k per interest
     bilinear_init: str = _one_of("identity", ("identity", "normal"))  # MIND: S starts as I + noise, or N(0, 1/D)
     global_interest: bool = False  # MIND: the history's mean vector as one more interest (K + 1)
+    # Co-occurrence item vectors (SimEmb): e_i = W_i + the row-normalised mix of its cooc_neighbors most
+    # frequent neighbours within cooc_window clicks; 0: off (plain item vectors).
+    cooc_neighbors: int = _non_negative(0)
+    cooc_window: int = _positive(3)
     # Learned weight per position back from the newest behaviour; auto: on for mind (measured better),
     # off for single_vector (measured worse); comirec_sa has position embeddings and ignores it.
     recency: str = _one_of("auto", ("auto", "true", "false"))

@@ -44,6 +44,7 @@ class NetConfig:
     bilinear_init: str = "identity"  # MIND: S (each S_k) starts as identity + N(0, 0.01/D) | normal: N(0, 1/D)
     global_interest: bool = False  # MIND: the mean of the history vectors as one more interest (K + 1)
     recency: bool = True  # MIND, single_vector: a learned weight per position back from the newest behaviour
+    cooc_neighbors: int = 0  # co-occurrence item vectors: neighbours mixed into each item's vector (0: off)
     # (settings' hyper_parameters.recency: auto = on for mind only)
 
     @classmethod
@@ -57,6 +58,7 @@ class NetConfig:
             hard_neg_beta=hp.hard_neg_beta, routing_reg=hp.routing_reg, readout=hp.readout,
             bilinear=hp.bilinear, bilinear_init=hp.bilinear_init, global_interest=hp.global_interest,
             recency=hp.recency == "true" or (hp.recency == "auto" and hp.model == "mind"),
+            cooc_neighbors=hp.cooc_neighbors,
         )
 
     @property
@@ -354,20 +356,58 @@ class RecallNetwork(nn.Layer):
         w = self.item_emb.weight.numpy()
         w[0] = 0.0
         self.item_emb.weight.set_value(w)
+        if cfg.cooc_neighbors:
+            # Co-occurrence table (model/cooc.py), persistable so a checkpoint carries it; starts as
+            # "each item alone" until the trainer sets it from the training data (set_cooc).
+            ids = np.zeros((cfg.item_count, cfg.cooc_neighbors + 1), dtype=np.int64)
+            ids[:, 0] = np.arange(cfg.item_count)
+            wts = np.zeros(ids.shape, dtype=np.float32)
+            wts[1:, 0] = 1.0
+            self.register_buffer("cooc_ids", paddle.to_tensor(ids), persistable=True)
+            self.register_buffer("cooc_w", paddle.to_tensor(wts), persistable=True)
         self.tower = make_tower(cfg, routing_seed)
         # auto: MIND's label-aware attention for mind, ComiRec's argmax for comirec_sa.
         auto = "argmax" if cfg.model == "comirec_sa" else "attention"
         self.readout = cfg.readout if cfg.readout != "auto" else auto
 
+    def set_cooc(self, ids: np.ndarray, weights: np.ndarray) -> None:
+        """Install the co-occurrence table ``model.cooc.cooc_neighbors`` built from the training data."""
+        want = (self.cfg.item_count, self.cfg.cooc_neighbors + 1)
+        if not self.cfg.cooc_neighbors or ids.shape != want or weights.shape != want:
+            raise ValueError(
+                f"co-occurrence table must be {want} (cooc_neighbors on), got {ids.shape}, {weights.shape}")
+        self.cooc_ids.set_value(paddle.to_tensor(ids.astype(np.int64)))
+        self.cooc_w.set_value(paddle.to_tensor(weights.astype(np.float32)))
+
+    def vectors(self, ids: paddle.Tensor) -> paddle.Tensor:
+        """Item ids (any shape) -> their vectors (shape + [D]): the embedding rows, or with
+        ``cooc_neighbors`` each row plus its neighbours' rows mixed by the co-occurrence weights."""
+        if not self.cfg.cooc_neighbors:
+            return self.item_emb(ids)
+        flat = ids.reshape([-1])
+        nbr = paddle.gather(self.cooc_ids, flat, axis=0)  # [n, T + 1]
+        w = paddle.gather(self.cooc_w, flat, axis=0).unsqueeze(-1)  # [n, T + 1, 1]
+        out = paddle.sum(self.item_emb(nbr) * w, axis=1)  # [n, D]
+        return out.reshape([*ids.shape, self.cfg.embedding_dim])
+
     def encode_ids(
         self, hist: paddle.Tensor, lengths: paddle.Tensor
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
         """Histories of item ids [B, L] -> (interests [B, K, D], n_interests [B])."""
-        return self.tower(self.item_emb(hist), lengths)
+        return self.tower(self.vectors(hist), lengths)
 
-    def item_vectors(self) -> np.ndarray:
-        """The real items' vectors [item_count - 1, D] (ids 1..item_count-1, in id order)."""
-        return self.item_emb.weight.numpy()[1:].astype(np.float32)
+    def item_vectors(self, chunk: int = 16384) -> np.ndarray:
+        """The real items' vectors [item_count - 1, D] (ids 1..item_count-1, in id order): what is
+        exported and searched, so with ``cooc_neighbors`` the mixed vectors, materialised."""
+        table = self.item_emb.weight.numpy().astype(np.float32)
+        if not self.cfg.cooc_neighbors:
+            return table[1:]
+        ids, w = self.cooc_ids.numpy(), self.cooc_w.numpy()
+        out = np.empty((self.cfg.item_count - 1, table.shape[1]), dtype=np.float32)
+        for lo in range(1, self.cfg.item_count, chunk):
+            hi = min(lo + chunk, self.cfg.item_count)
+            out[lo - 1 : hi - 1] = np.einsum("nt,ntd->nd", w[lo:hi], table[ids[lo:hi]])
+        return out
 
     def user_vector(
         self, interests: paddle.Tensor, n: paddle.Tensor, target_emb: paddle.Tensor
@@ -406,10 +446,10 @@ class RecallNetwork(nn.Layer):
         hist [B, L] int64, lengths [B], target [B], neg_ids [S] (shared by the batch, unique),
         neg_log_q [S] and target_log_q [B] float32 (log expected counts from the sampler)."""
         interests, n = self.encode_ids(hist, lengths)
-        target_emb = self.item_emb(target)  # [B, D]
+        target_emb = self.vectors(target)  # [B, D]
         user = self.user_vector(interests, n, target_emb)  # [B, D]
         pos = paddle.sum(user * target_emb, axis=-1, keepdim=True) - target_log_q.unsqueeze(-1)
-        neg_emb = self.item_emb(neg_ids)  # [S, D]
+        neg_emb = self.vectors(neg_ids)  # [S, D]
         raw = paddle.matmul(user, neg_emb, transpose_y=True)  # [B, S]
         neg = raw - neg_log_q.unsqueeze(0)
         hit = target.unsqueeze(1) == neg_ids.unsqueeze(0)  # the target drawn as its own negative

@@ -176,6 +176,13 @@ def _train(settings: Settings, resume: bool | None) -> Path:
 
     paddle.seed(r.seed)
     net = RecallNetwork(cfg, routing_seed=r.seed)
+    if cfg.cooc_neighbors:
+        from model.cooc import cooc_neighbors
+
+        ids, weights = cooc_neighbors(seqs.values(), item_count, hp.cooc_window, cfg.cooc_neighbors)
+        net.set_cooc(ids, weights)
+        log.info("co-occurrence item vectors: window %d, up to %d neighbours, %d items have some",
+                 hp.cooc_window, cfg.cooc_neighbors, int((weights[:, 1] > 0).sum()))
     opt = make_optimizer(settings, net.parameters())
     samples = TrainSamples(seqs, hp.maxlen, r.train_batch_size, seed=r.seed)
     # Independent streams from the one seed: negatives and routing resampling.
