@@ -1,4 +1,5 @@
-"""Model speed: training samples/s with dense vs sparse embedding gradients on a 368k-item table, and
+"""Model speed: training samples/s with dense vs sparse embedding gradients on a 368k-item table (and
+sparse with co-occurrence item vectors, the default since 2026-12-06: 20 neighbours per item), and
 user-tower latency at batch 1 / 32 / 256 with dygraph vs Paddle Inference (vs Inference + oneDNN).
 
     .venv/bin/python bench/model_speed.py [--items 367982] [--steps 40] [--iters 300]
@@ -33,8 +34,9 @@ def _quiet() -> None:
     logging.disable(logging.INFO)
 
 
-def train_mode(sparse: bool, items: int, steps: int, warmup: int, batch: int, negs: int) -> dict:
-    """Median step time of the real train_step on random ComiRec-shaped batches."""
+def train_mode(sparse: bool, items: int, steps: int, warmup: int, batch: int, negs: int, cooc: int = 0) -> dict:
+    """Median step time of the real train_step on random ComiRec-shaped batches (``cooc``: that many
+    random co-occurrence neighbours per item, as ``hyper_parameters.cooc_neighbors``)."""
     _quiet()
     import paddle
 
@@ -47,8 +49,13 @@ def train_mode(sparse: bool, items: int, steps: int, warmup: int, batch: int, ne
     paddle.seed(0)
     rng = np.random.default_rng(0)
     pop = rng.zipf(1.3, items + 1).astype(np.int64)
-    cfg = NetConfig(item_count=items + 1, sparse_embedding=sparse)
+    cfg = NetConfig(item_count=items + 1, sparse_embedding=sparse, cooc_neighbors=cooc)
     net = RecallNetwork(cfg)
+    if cooc:
+        ids = np.concatenate([np.arange(items + 1)[:, None], rng.integers(1, items + 1, (items + 1, cooc))], axis=1)
+        w = np.concatenate([np.ones((items + 1, 1)), np.full((items + 1, cooc), 1.0 / cooc)], axis=1)
+        ids[0], w[0] = 0, 0.0
+        net.set_cooc(ids, w.astype(np.float32))
     opt = paddle.optimizer.Adam(0.005, parameters=net.parameters(), lazy_mode=sparse)
     sampler = LogUniformSampler(pop, 1)
     times = []
@@ -64,7 +71,7 @@ def train_mode(sparse: bool, items: int, steps: int, warmup: int, batch: int, ne
     med = float(np.median(times))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "embedding_grad": "sparse" if sparse else "dense", "items": items, "batch": batch,
+        "embedding_grad": "sparse" if sparse else "dense", "cooc_neighbors": cooc, "items": items, "batch": batch,
         "neg_samples": negs, "steps": steps, "step_ms_p50": round(med * 1e3, 2),
         "step_ms_p90": round(float(np.percentile(times, 90)) * 1e3, 2),
         "samples_per_s": round(batch / med, 1), "peak_rss_mb": round(rss_mb, 1),
@@ -144,13 +151,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--negs", type=int, default=1280)
     p.add_argument("--iters", type=int, default=200)
-    p.add_argument("--part", choices=("train-dense", "train-sparse", "tower"))
+    p.add_argument("--part", choices=("train-dense", "train-sparse", "train-sparse-cooc", "tower"))
     a = p.parse_args()
     if a.part:
         if a.part == "tower":
             r = tower_modes(a.iters, [1, 32, 256])
         else:
-            r = train_mode(a.part == "train-sparse", a.items, a.steps, a.warmup, a.batch, a.negs)
+            r = train_mode(a.part != "train-dense", a.items, a.steps, a.warmup, a.batch, a.negs,
+                           20 if a.part == "train-sparse-cooc" else 0)
         print(json.dumps(r))
         return
     import paddle
@@ -163,13 +171,14 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    dense, sparse = part("train-dense"), part("train-sparse")
+    dense, sparse, cooc = part("train-dense"), part("train-sparse"), part("train-sparse-cooc")
     tower = part("tower")
     print(json.dumps({
         "bench": "model_speed", "paddle": paddle.__version__, "device": "cpu",
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "train": {"dense": dense, "sparse": sparse,
-                  "sparse_speedup_p50": round(dense["step_ms_p50"] / sparse["step_ms_p50"], 2)},
+                  "sparse_speedup_p50": round(dense["step_ms_p50"] / sparse["step_ms_p50"], 2),
+                  "sparse_cooc": cooc, "cooc_slowdown_p50": round(cooc["step_ms_p50"] / sparse["step_ms_p50"], 2)},
         "user_tower": tower,
     }, indent=1))
 

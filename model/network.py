@@ -384,11 +384,18 @@ class RecallNetwork(nn.Layer):
         ``cooc_neighbors`` each row plus its neighbours' rows mixed by the co-occurrence weights."""
         if not self.cfg.cooc_neighbors:
             return self.item_emb(ids)
-        flat = ids.reshape([-1])
-        nbr = paddle.gather(self.cooc_ids, flat, axis=0)  # [n, T + 1]
-        w = paddle.gather(self.cooc_w, flat, axis=0).unsqueeze(-1)  # [n, T + 1, 1]
-        out = paddle.sum(self.item_emb(nbr) * w, axis=1)  # [n, D]
-        return out.reshape([*ids.shape, self.cfg.embedding_dim])
+        # Each distinct item and each distinct neighbour row once: the embedding's sparse gradient (and
+        # lazy Adam's update) then has one row per distinct neighbour instead of 21 per id (padding
+        # alone is most of a history batch).
+        # (numpy's unique: paddle.unique takes seconds on CPU for a few thousand ids.)
+        uniq, inv = np.unique(ids.numpy().reshape(-1), return_inverse=True)
+        nbr = paddle.gather(self.cooc_ids, paddle.to_tensor(uniq), axis=0).numpy()  # [U, T + 1]
+        rows, row_inv = np.unique(nbr.reshape(-1), return_inverse=True)
+        w = paddle.gather(self.cooc_w, paddle.to_tensor(uniq), axis=0).unsqueeze(-1)  # [U, T + 1, 1]
+        base = paddle.gather(self.item_emb(paddle.to_tensor(rows)), paddle.to_tensor(row_inv.reshape(-1)), axis=0)
+        d = self.cfg.embedding_dim
+        mixed = paddle.sum(base.reshape([-1, nbr.shape[1], d]) * w, axis=1)  # [U, D]
+        return paddle.gather(mixed, paddle.to_tensor(inv.reshape(-1)), axis=0).reshape([*ids.shape, d])
 
     def encode_ids(
         self, hist: paddle.Tensor, lengths: paddle.Tensor
