@@ -3,6 +3,7 @@ sparse with co-occurrence item vectors, the default since 2026-12-06: 20 neighbo
 user-tower latency at batch 1 / 32 / 256 with dygraph vs Paddle Inference (vs Inference + oneDNN).
 
     .venv/bin/python bench/model_speed.py [--items 367982] [--steps 40] [--iters 300]
+    .venv/bin/python bench/model_speed.py --part train-sparse-cooc --data ~/.cache/mind-recall/data/Beauty/train
 
 Each training mode runs in its own process (so peak RSS is per mode). Prints one JSON object.
 """
@@ -34,9 +35,15 @@ def _quiet() -> None:
     logging.disable(logging.INFO)
 
 
-def train_mode(sparse: bool, items: int, steps: int, warmup: int, batch: int, negs: int, cooc: int = 0) -> dict:
+def train_mode(
+    sparse: bool, items: int, steps: int, warmup: int, batch: int, negs: int, cooc: int = 0, data: str = ""
+) -> dict:
     """Median step time of the real train_step on random ComiRec-shaped batches (``cooc``: that many
-    random co-occurrence neighbours per item, as ``hyper_parameters.cooc_neighbors``)."""
+    random co-occurrence neighbours per item, as ``hyper_parameters.cooc_neighbors``). With ``data``
+    (a converted dataset's train/ directory) the batches are its real ComiRec samples and the
+    neighbours its real co-occurrence table, as training builds it."""
+    if data:
+        return _train_real(data, steps, warmup, batch, negs, cooc)
     _quiet()
     import paddle
 
@@ -76,6 +83,38 @@ def train_mode(sparse: bool, items: int, steps: int, warmup: int, batch: int, ne
         "step_ms_p90": round(float(np.percentile(times, 90)) * 1e3, 2),
         "samples_per_s": round(batch / med, 1), "peak_rss_mb": round(rss_mb, 1),
     }
+
+
+def _train_real(data: str, steps: int, warmup: int, batch: int, negs: int, cooc: int) -> dict:
+    import paddle
+
+    from model.cooc import cooc_neighbors
+    from model.data import TrainSamples, item_popularity, read_train
+    from model.network import NetConfig, RecallNetwork
+    from model.sampler import LogUniformSampler
+    from model.trainer import train_step
+
+    paddle.set_device("cpu")
+    paddle.seed(0)
+    seqs = read_train(data)
+    item_count = 1 + max(int(s.max()) for s in seqs.values())
+    net = RecallNetwork(NetConfig(item_count=item_count, cooc_neighbors=cooc))
+    if cooc:
+        net.set_cooc(*cooc_neighbors(seqs.values(), item_count, 3, cooc))
+    opt = paddle.optimizer.Adam(0.005, parameters=net.parameters(), lazy_mode=True)
+    samples = TrainSamples(seqs, 20, batch, seed=1)
+    sampler = LogUniformSampler(item_popularity(seqs, item_count), 1)
+    rng = np.random.default_rng(2)
+    net.train()
+    times = []
+    for i, b in enumerate(samples.batches(warmup + steps)):
+        t0 = time.perf_counter()
+        train_step(net, opt, sampler, b, negs, rng)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    return {"data": data, "cooc_neighbors": cooc, "items": item_count - 1, "batch": batch, "neg_samples": negs,
+            "steps": steps, "step_ms_p50": round(med * 1e3, 2), "samples_per_s": round(batch / med, 1)}
 
 
 def _lat(fn, iters: int, warmup: int = 10) -> dict:
@@ -152,13 +191,14 @@ def main() -> None:
     p.add_argument("--negs", type=int, default=1280)
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--part", choices=("train-dense", "train-sparse", "train-sparse-cooc", "tower"))
+    p.add_argument("--data", default="", help="with --part train-sparse[-cooc]: a dataset's train/ directory")
     a = p.parse_args()
     if a.part:
         if a.part == "tower":
             r = tower_modes(a.iters, [1, 32, 256])
         else:
             r = train_mode(a.part != "train-dense", a.items, a.steps, a.warmup, a.batch, a.negs,
-                           20 if a.part == "train-sparse-cooc" else 0)
+                           20 if a.part == "train-sparse-cooc" else 0, a.data)
         print(json.dumps(r))
         return
     import paddle
