@@ -77,6 +77,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--variants", default="mind,mind+dynamic_k,mind+relu_layer,mind+resample_routing,single_vector")
     p.add_argument("--patience", type=int, default=0, help="early stopping on DATA/valid Recall@50 (0: off)")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every variant, e.g. -o hyper_parameters.cooc_neighbors=0 "
+                        "(plain item vectors, as the tables before 2026-12-06 night were measured)")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="model_quality_"))
     if a.data:
@@ -108,7 +111,7 @@ def _run(a: argparse.Namespace, data: Path, work: Path) -> dict:
         f"runner.train_data_dir={data / 'train'}", f"runner.test_data_dir={data / 'valid'}",
         "runner.progress=false", f"runner.epochs={a.epochs}", f"runner.batches_per_epoch={a.batches}",
         f"runner.seed={a.seed}", f"hyper_parameters.neg_samples={a.neg_samples}", "runner.keep_checkpoints=1",
-        f"runner.early_stop_patience={a.patience}",
+        f"runner.early_stop_patience={a.patience}", *a.override,
     ]
     results: dict = {}
     base = load(None, overrides=[*common, f"runner.model_save_path={work / 'none'}"], env={})

@@ -78,7 +78,10 @@ def test_export_and_tower_match_training_network(trained: Settings, tmp_path: Pa
     assert np.abs(net.tower.recency.log_w.numpy()).max() > 1e-4
     ids, vectors = load_items(out)
     assert ids.tolist() == list(range(1, 1001)) and vectors.shape == (1000, 64)
-    np.testing.assert_array_equal(vectors, net.item_emb.weight.numpy()[1:])
+    # What is exported and searched: the co-occurrence-mixed vectors (the default), not the raw rows.
+    np.testing.assert_array_equal(vectors, net.item_vectors())
+    assert trained.hyper_parameters.cooc_neighbors > 0
+    assert not np.allclose(vectors, net.item_emb.weight.numpy()[1:])
     popular = load_popular(out)
     assert 0 not in popular and len(set(popular.tolist())) == popular.size
 
@@ -86,7 +89,7 @@ def test_export_and_tower_match_training_network(trained: Settings, tmp_path: Pa
     hist, lengths = pad_histories([u.hist for u in users], 20)
     with paddle.no_grad():
         ref, ref_n = net.encode_ids(paddle.to_tensor(hist), paddle.to_tensor(lengths))
-    table = net.item_emb.weight.numpy()
+    table = np.vstack([np.zeros((1, 64), np.float32), vectors])  # row 0: padding, as the worker pads
     for engine in ("inference", "jit"):
         tower = UserTower.load(out, engine=engine)
         assert tower.engine_name.startswith("paddle_inference" if engine == "inference" else "paddle_jit")
@@ -140,6 +143,7 @@ def test_resume_reproduces_an_uninterrupted_run(data_dir: Path, tmp_path: Path) 
     ["hyper_parameters.recency=false"],
     ["hyper_parameters.model=single_vector", "hyper_parameters.recency=true"],
     ["hyper_parameters.cooc_neighbors=5", "hyper_parameters.cooc_window=2"],
+    ["hyper_parameters.cooc_neighbors=0"],  # plain item vectors (the default is co-occurrence vectors)
 ])
 def test_options_train_evaluate_export(data_dir: Path, tmp_path: Path, extra: list[str]) -> None:
     s = _settings(data_dir, tmp_path / "ckpt", "runner.epochs=1", "runner.batches_per_epoch=20", *extra)

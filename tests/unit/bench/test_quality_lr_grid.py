@@ -56,3 +56,21 @@ def test_a_bad_grid_is_a_clear_argument_error() -> None:
     for bad in ("abc", "0.005,0", "0.001,0.001", "-0.1", "nan"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"learning rates|numbers"):
             parse(bad)
+
+
+def test_the_baselines_are_what_the_docs_say() -> None:
+    """single_vector is issue 14's plain mean pooling over plain item vectors; single_vector+cooc gets
+    exactly the co-occurrence vectors the default MIND config gets (like for like)."""
+    from mind_recall.settings import load
+
+    models = _quality().MODELS
+
+    def hp(name: str) -> object:
+        return load(None, overrides=models[name], env={}).hyper_parameters
+
+    default = load(None, env={}).hyper_parameters
+    assert default.model == "mind" and default.cooc_neighbors > 0
+    plain, cooc = hp("single_vector"), hp("single_vector+cooc")
+    assert (plain.model, plain.recency, plain.cooc_neighbors) == ("single_vector", "false", 0)
+    assert (cooc.model, cooc.recency) == ("single_vector", "false")
+    assert (cooc.cooc_neighbors, cooc.cooc_window) == (default.cooc_neighbors, default.cooc_window)
