@@ -19,7 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +52,6 @@ def train_mode(
     from model.data import Batch
     from model.network import NetConfig, RecallNetwork
     from model.sampler import LogUniformSampler
-    from model.trainer import train_step
 
     paddle.set_device("cpu")
     paddle.seed(0)
@@ -65,16 +66,15 @@ def train_mode(
         net.set_cooc(ids, w.astype(np.float32))
     opt = paddle.optimizer.Adam(0.005, parameters=net.parameters(), lazy_mode=sparse)
     sampler = LogUniformSampler(pop, 1)
-    times = []
-    for i in range(warmup + steps):
-        lengths = rng.integers(4, 21, size=batch)
-        hist = rng.integers(1, items + 1, size=(batch, 20))
-        hist[np.arange(20)[None, :] >= lengths[:, None]] = 0
-        b = Batch(hist.astype(np.int64), lengths.astype(np.int64), rng.integers(1, items + 1, size=batch))
-        t0 = time.perf_counter()
-        train_step(net, opt, sampler, b, negs, None)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+
+    def random_batches() -> Iterator[Batch]:
+        for _ in range(warmup + steps):
+            lengths = rng.integers(4, 21, size=batch)
+            hist = rng.integers(1, items + 1, size=(batch, 20))
+            hist[np.arange(20)[None, :] >= lengths[:, None]] = 0
+            yield Batch(hist.astype(np.int64), lengths.astype(np.int64), rng.integers(1, items + 1, size=batch))
+
+    times = _step_times(net, opt, sampler, random_batches(), negs, None, warmup)
     med = float(np.median(times))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
@@ -85,6 +85,21 @@ def train_mode(
     }
 
 
+def _step_times(
+    net: Any, opt: Any, sampler: Any, batches: Iterable[Any], negs: int, rng: np.random.Generator | None, warmup: int
+) -> list[float]:
+    """Seconds of each real ``train_step`` after the first ``warmup`` batches."""
+    from model.trainer import train_step
+
+    times = []
+    for i, b in enumerate(batches):
+        t0 = time.perf_counter()
+        train_step(net, opt, sampler, b, negs, rng)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def _train_real(data: str, steps: int, warmup: int, batch: int, negs: int, cooc: int) -> dict:
     import paddle
 
@@ -92,7 +107,6 @@ def _train_real(data: str, steps: int, warmup: int, batch: int, negs: int, cooc:
     from model.data import TrainSamples, item_popularity, read_train
     from model.network import NetConfig, RecallNetwork
     from model.sampler import LogUniformSampler
-    from model.trainer import train_step
 
     paddle.set_device("cpu")
     paddle.seed(0)
@@ -104,14 +118,8 @@ def _train_real(data: str, steps: int, warmup: int, batch: int, negs: int, cooc:
     opt = paddle.optimizer.Adam(0.005, parameters=net.parameters(), lazy_mode=True)
     samples = TrainSamples(seqs, 20, batch, seed=1)
     sampler = LogUniformSampler(item_popularity(seqs, item_count), 1)
-    rng = np.random.default_rng(2)
     net.train()
-    times = []
-    for i, b in enumerate(samples.batches(warmup + steps)):
-        t0 = time.perf_counter()
-        train_step(net, opt, sampler, b, negs, rng)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    times = _step_times(net, opt, sampler, samples.batches(warmup + steps), negs, np.random.default_rng(2), warmup)
     med = float(np.median(times))
     return {"data": data, "cooc_neighbors": cooc, "items": item_count - 1, "batch": batch, "neg_samples": negs,
             "steps": steps, "step_ms_p50": round(med * 1e3, 2), "samples_per_s": round(batch / med, 1)}

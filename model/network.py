@@ -16,6 +16,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from model.cooc import cooc_neighbors
+
 NEG_INF = -1e9
 
 
@@ -358,11 +360,9 @@ class RecallNetwork(nn.Layer):
         self.item_emb.weight.set_value(w)
         if cfg.cooc_neighbors:
             # Co-occurrence table (model/cooc.py), persistable so a checkpoint carries it; starts as
-            # "each item alone" until the trainer sets it from the training data (set_cooc).
-            ids = np.zeros((cfg.item_count, cfg.cooc_neighbors + 1), dtype=np.int64)
-            ids[:, 0] = np.arange(cfg.item_count)
-            wts = np.zeros(ids.shape, dtype=np.float32)
-            wts[1:, 0] = 1.0
+            # "each item alone" (the table of no clicks) until the trainer sets it from the training
+            # data (set_cooc).
+            ids, wts = cooc_neighbors((), cfg.item_count, 1, cfg.cooc_neighbors)
             self.register_buffer("cooc_ids", paddle.to_tensor(ids), persistable=True)
             self.register_buffer("cooc_w", paddle.to_tensor(wts), persistable=True)
         self.tower = make_tower(cfg, routing_seed)
