@@ -397,6 +397,21 @@ class RecallNetwork(nn.Layer):
         mixed = paddle.sum(base.reshape([-1, nbr.shape[1], d]) * w, axis=1)  # [U, D]
         return paddle.gather(mixed, paddle.to_tensor(inv.reshape(-1)), axis=0).reshape([*ids.shape, d])
 
+    def _batch_vectors(
+        self, hist: paddle.Tensor, target: paddle.Tensor, neg_ids: paddle.Tensor
+    ) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+        """A training batch's vectors: history [B, L, D], targets [B, D], negatives [S, D].
+
+        With co-occurrence vectors the three are looked up in one ``vectors`` call, so an item (or a
+        neighbour row) shared between them is mixed, and its sparse gradient row built, once."""
+        if not self.cfg.cooc_neighbors:
+            return self.item_emb(hist), self.item_emb(target), self.item_emb(neg_ids)
+        b, length = hist.shape
+        flat = paddle.concat([hist.reshape([-1]), target.reshape([-1]), neg_ids.reshape([-1])])
+        out = self.vectors(flat)
+        h, t = b * length, b * length + target.shape[0]
+        return out[:h].reshape([b, length, -1]), out[h:t], out[t:]
+
     def encode_ids(
         self, hist: paddle.Tensor, lengths: paddle.Tensor
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
@@ -452,11 +467,10 @@ class RecallNetwork(nn.Layer):
 
         hist [B, L] int64, lengths [B], target [B], neg_ids [S] (shared by the batch, unique),
         neg_log_q [S] and target_log_q [B] float32 (log expected counts from the sampler)."""
-        interests, n = self.encode_ids(hist, lengths)
-        target_emb = self.vectors(target)  # [B, D]
+        hist_emb, target_emb, neg_emb = self._batch_vectors(hist, target, neg_ids)
+        interests, n = self.tower(hist_emb, lengths)
         user = self.user_vector(interests, n, target_emb)  # [B, D]
         pos = paddle.sum(user * target_emb, axis=-1, keepdim=True) - target_log_q.unsqueeze(-1)
-        neg_emb = self.vectors(neg_ids)  # [S, D]
         raw = paddle.matmul(user, neg_emb, transpose_y=True)  # [B, S]
         neg = raw - neg_log_q.unsqueeze(0)
         hit = target.unsqueeze(1) == neg_ids.unsqueeze(0)  # the target drawn as its own negative

@@ -92,3 +92,31 @@ def test_the_table_is_saved_with_the_network_and_checked() -> None:
         net.set_cooc(ids[:, :2], w[:, :2])
     with pytest.raises(ValueError, match="co-occurrence table"):
         _net().set_cooc(ids, w)
+
+
+@pytest.mark.parametrize("neighbours", [0, 2])
+def test_one_batch_lookup_matches_separate_lookups_and_their_gradient(neighbours: int) -> None:
+    net = _net(cooc_neighbors=neighbours, sparse_embedding=False)
+    if neighbours:
+        net.set_cooc(*cooc_neighbors(_seqs([1, 2, 3, 1, 2], [4, 5]), item_count=6, window=1, top=2))
+    hist = paddle.to_tensor(np.array([[1, 2, 0, 0, 0], [4, 4, 5, 2, 0]]))
+    target, negs = paddle.to_tensor(np.array([3, 2])), paddle.to_tensor(np.array([1, 5, 3]))
+
+    def grad(parts: tuple[paddle.Tensor, ...]) -> tuple[list[np.ndarray], np.ndarray]:
+        loss = sum(paddle.sum(p * paddle.to_tensor(rng.standard_normal(p.shape).astype("float32")))
+                   for p in parts)
+        net.clear_gradients()
+        loss.backward()  # type: ignore[union-attr]
+        g = net.item_emb.weight.grad
+        assert g is not None
+        return [p.numpy() for p in parts], g.numpy().copy()
+
+    rng = np.random.default_rng(0)
+    one, g_one = grad(net._batch_vectors(hist, target, negs))
+    rng = np.random.default_rng(0)
+    three, g_three = grad((net.vectors(hist), net.vectors(target), net.vectors(negs)))
+    for a, b in zip(one, three, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert one[0].shape == (2, 5, 4) and one[2].shape == (3, 4)
+    np.testing.assert_allclose(g_one, g_three, rtol=1e-5, atol=1e-6)
+    assert np.abs(g_one).sum() > 0
