@@ -148,8 +148,8 @@ MODELS: dict[str, list[str]] = {
                       "hyper_parameters.cooc_neighbors=0"],
     "single_vector+recency": ["hyper_parameters.model=single_vector", "hyper_parameters.recency=true",
                               "hyper_parameters.cooc_neighbors=0"],
-    "single_vector+cooc": ["hyper_parameters.model=single_vector", "hyper_parameters.recency=false",
-                           "hyper_parameters.cooc_neighbors=20"],
+    # No cooc override: it inherits the config's (and any -o) co-occurrence settings, as MIND does.
+    "single_vector+cooc": ["hyper_parameters.model=single_vector", "hyper_parameters.recency=false"],
 }
 
 

@@ -402,10 +402,8 @@ class RecallNetwork(nn.Layer):
     ) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
         """A training batch's vectors: history [B, L, D], targets [B, D], negatives [S, D].
 
-        With co-occurrence vectors the three are looked up in one ``vectors`` call, so an item (or a
+        The three are looked up in one ``vectors`` call, so with co-occurrence vectors an item (or a
         neighbour row) shared between them is mixed, and its sparse gradient row built, once."""
-        if not self.cfg.cooc_neighbors:
-            return self.item_emb(hist), self.item_emb(target), self.item_emb(neg_ids)
         b, length = hist.shape
         flat = paddle.concat([hist.reshape([-1]), target.reshape([-1]), neg_ids.reshape([-1])])
         out = self.vectors(flat)

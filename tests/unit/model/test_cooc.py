@@ -103,6 +103,7 @@ def test_one_batch_lookup_matches_separate_lookups_and_their_gradient(neighbours
     target, negs = paddle.to_tensor(np.array([3, 2])), paddle.to_tensor(np.array([1, 5, 3]))
 
     def grad(parts: tuple[paddle.Tensor, ...]) -> tuple[list[np.ndarray], np.ndarray]:
+        rng = np.random.default_rng(0)  # the same random loss weights for both lookups
         loss = sum(paddle.sum(p * paddle.to_tensor(rng.standard_normal(p.shape).astype("float32")))
                    for p in parts)
         net.clear_gradients()
@@ -111,9 +112,7 @@ def test_one_batch_lookup_matches_separate_lookups_and_their_gradient(neighbours
         assert g is not None
         return [p.numpy() for p in parts], g.numpy().copy()
 
-    rng = np.random.default_rng(0)
     one, g_one = grad(net._batch_vectors(hist, target, negs))
-    rng = np.random.default_rng(0)
     three, g_three = grad((net.vectors(hist), net.vectors(target), net.vectors(negs)))
     for a, b in zip(one, three, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
