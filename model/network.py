@@ -47,6 +47,7 @@ class NetConfig:
     global_interest: bool = False  # MIND: the mean of the history vectors as one more interest (K + 1)
     recency: bool = True  # MIND, single_vector: a learned weight per position back from the newest behaviour
     cooc_neighbors: int = 0  # co-occurrence item vectors: neighbours mixed into each item's vector (0: off)
+    cooc_learned: bool = False  # a learned weight per neighbour rank on top of the co-occurrence weights
     # (settings' hyper_parameters.recency: auto = on for mind only)
 
     @classmethod
@@ -60,7 +61,7 @@ class NetConfig:
             hard_neg_beta=hp.hard_neg_beta, routing_reg=hp.routing_reg, readout=hp.readout,
             bilinear=hp.bilinear, bilinear_init=hp.bilinear_init, global_interest=hp.global_interest,
             recency=hp.recency == "true" or (hp.recency == "auto" and hp.model == "mind"),
-            cooc_neighbors=hp.cooc_neighbors,
+            cooc_neighbors=hp.cooc_neighbors, cooc_learned=hp.cooc_learned,
         )
 
     @property
@@ -365,6 +366,11 @@ class RecallNetwork(nn.Layer):
             ids, wts = cooc_neighbors((), cfg.item_count, 1, cfg.cooc_neighbors)
             self.register_buffer("cooc_ids", paddle.to_tensor(ids), persistable=True)
             self.register_buffer("cooc_w", paddle.to_tensor(wts), persistable=True)
+            if cfg.cooc_learned:
+                # One weight per neighbour rank (the item itself stays at 1), starting at 1 = the plain
+                # co-occurrence mix: training learns how far to trust the k-th neighbour.
+                self.cooc_rank_w = self.create_parameter(
+                    [cfg.cooc_neighbors], default_initializer=nn.initializer.Constant(1.0))
         self.tower = make_tower(cfg, routing_seed)
         # auto: MIND's label-aware attention for mind, ComiRec's argmax for comirec_sa.
         auto = "argmax" if cfg.model == "comirec_sa" else "attention"
@@ -391,7 +397,10 @@ class RecallNetwork(nn.Layer):
         uniq, inv = np.unique(ids.numpy().reshape(-1), return_inverse=True)
         nbr = paddle.gather(self.cooc_ids, paddle.to_tensor(uniq), axis=0).numpy()  # [U, T + 1]
         rows, row_inv = np.unique(nbr.reshape(-1), return_inverse=True)
-        w = paddle.gather(self.cooc_w, paddle.to_tensor(uniq), axis=0).unsqueeze(-1)  # [U, T + 1, 1]
+        w = paddle.gather(self.cooc_w, paddle.to_tensor(uniq), axis=0)  # [U, T + 1]
+        if self.cfg.cooc_learned:
+            w = w * paddle.concat([paddle.ones([1], dtype=w.dtype), self.cooc_rank_w])
+        w = w.unsqueeze(-1)
         base = paddle.gather(self.item_emb(paddle.to_tensor(rows)), paddle.to_tensor(row_inv.reshape(-1)), axis=0)
         d = self.cfg.embedding_dim
         mixed = paddle.sum(base.reshape([-1, nbr.shape[1], d]) * w, axis=1)  # [U, D]
@@ -423,6 +432,8 @@ class RecallNetwork(nn.Layer):
         if not self.cfg.cooc_neighbors:
             return table[1:]
         ids, w = self.cooc_ids.numpy(), self.cooc_w.numpy()
+        if self.cfg.cooc_learned:
+            w = w * np.concatenate([[1.0], self.cooc_rank_w.numpy()]).astype(np.float32)
         out = np.empty((self.cfg.item_count - 1, table.shape[1]), dtype=np.float32)
         for lo in range(1, self.cfg.item_count, chunk):
             hi = min(lo + chunk, self.cfg.item_count)

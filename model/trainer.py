@@ -83,12 +83,10 @@ def load_network(ckpt: str | Path) -> tuple[Any, dict[str, Any]]:
     """Rebuild the network recorded in a checkpoint (model type and shapes from meta.json), in eval mode."""
     import paddle
 
-    from model.network import NetConfig, RecallNetwork
+    from model.network import RecallNetwork
 
     meta = read_meta(ckpt)
-    # Keys a checkpoint written before the option existed lacks: what the network was then
-    # (no recency weights; one shared bilinear map).
-    cfg = NetConfig(**{"recency": False, "bilinear": "shared", **meta["net"]})
+    cfg = _checkpoint_net(meta)
     net = RecallNetwork(cfg, routing_seed=int(meta.get("routing_seed", 0)))
     net.set_state_dict(paddle.load(str(Path(ckpt) / PARAMS)))
     net.eval()
@@ -199,7 +197,7 @@ def _train(settings: Settings, resume: bool | None) -> Path:
     if resume and checkpoints(root):
         last = checkpoints(root)[-1]
         meta = read_meta(last)
-        if meta["net"] != _net_dict(cfg):
+        if _net_dict(_checkpoint_net(meta)) != _net_dict(cfg):
             raise ValueError(f"cannot resume from {last}: trained with {meta['net']}, now {_net_dict(cfg)}")
         net.set_state_dict(paddle.load(str(last / PARAMS)))
         opt.set_state_dict(paddle.load(str(last / OPT)))
@@ -270,6 +268,9 @@ def _train(settings: Settings, resume: bool | None) -> Path:
         log.info("epoch %d: loss %.4f, %.0f samples/s, %ssaved %s", epoch, mean_loss, meta["samples_per_s"],
                  "" if valid_recall is None else f"valid Recall@50 {valid_recall:.4f} (best {best[0]:.4f} "
                  f"at epoch {best[1]}), ", last)
+        if cfg.cooc_learned and cfg.cooc_neighbors:
+            log.info("co-occurrence rank weights (neighbour 1..%d): %s", cfg.cooc_neighbors,
+                     " ".join(f"{v:.2f}" for v in net.cooc_rank_w.numpy()))
         if valid_recall is not None and epoch - best[1] >= r.early_stop_patience:
             log.info("early stop: no better valid Recall@50 for %d epoch(s)", epoch - best[1])
             break
@@ -304,6 +305,15 @@ def valid_recall_at_50(net: Any, users: Any, batch_size: int) -> float:
     r = evaluate(users, make_encoder(net), exact_searcher(net), top_n=50, maxlen=net.cfg.maxlen,
                  batch_size=batch_size)
     return float(r["recall@50"])
+
+
+def _checkpoint_net(meta: dict[str, Any]) -> Any:
+    """The network a checkpoint was trained with. Keys a checkpoint written before the option existed
+    lacks take what the network was then (no recency weights, one shared bilinear map); newer options
+    take their dataclass default, which is their "off"."""
+    from model.network import NetConfig
+
+    return NetConfig(**{"recency": False, "bilinear": "shared", **meta["net"]})
 
 
 def _net_dict(cfg: Any) -> dict[str, Any]:

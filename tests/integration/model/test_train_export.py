@@ -143,6 +143,7 @@ def test_resume_reproduces_an_uninterrupted_run(data_dir: Path, tmp_path: Path) 
     ["hyper_parameters.recency=false"],
     ["hyper_parameters.model=single_vector", "hyper_parameters.recency=true"],
     ["hyper_parameters.cooc_neighbors=5", "hyper_parameters.cooc_window=2"],
+    ["hyper_parameters.cooc_neighbors=5", "hyper_parameters.cooc_learned=true"],
     ["hyper_parameters.cooc_neighbors=0"],  # plain item vectors (the default is co-occurrence vectors)
 ])
 def test_options_train_evaluate_export(data_dir: Path, tmp_path: Path, extra: list[str]) -> None:
@@ -211,6 +212,7 @@ def _overrides(s: Settings) -> list[str]:
         f"hyper_parameters.capsual_max_k={hp.capsual_max_k}", f"hyper_parameters.bilinear_init={hp.bilinear_init}",
         f"hyper_parameters.global_interest={hp.global_interest}", f"hyper_parameters.recency={hp.recency}",
         f"hyper_parameters.cooc_neighbors={hp.cooc_neighbors}", f"hyper_parameters.cooc_window={hp.cooc_window}",
+        f"hyper_parameters.cooc_learned={hp.cooc_learned}",
     ]
 
 

@@ -73,4 +73,5 @@ def test_the_baselines_are_what_the_docs_say() -> None:
     plain, cooc = hp("single_vector"), hp("single_vector+cooc")
     assert (plain.model, plain.recency, plain.cooc_neighbors) == ("single_vector", "false", 0)
     assert (cooc.model, cooc.recency) == ("single_vector", "false")
-    assert (cooc.cooc_neighbors, cooc.cooc_window) == (default.cooc_neighbors, default.cooc_window)
+    assert (cooc.cooc_neighbors, cooc.cooc_window, cooc.cooc_learned) == (
+        default.cooc_neighbors, default.cooc_window, default.cooc_learned)

@@ -94,6 +94,34 @@ def test_the_table_is_saved_with_the_network_and_checked() -> None:
         _net().set_cooc(ids, w)
 
 
+def test_learned_rank_weights_start_as_the_plain_mix_and_are_trained_saved_and_exported() -> None:
+    table = cooc_neighbors(_seqs([1, 2, 3, 1, 2], [4, 5, 3]), item_count=6, window=2, top=3)
+    plain, learned = _net(cooc_neighbors=3), _net(cooc_neighbors=3, cooc_learned=True)
+    plain.set_cooc(*table)
+    learned.set_cooc(*table)
+    # Starting at 1 every item's vector is the plain co-occurrence mix.
+    np.testing.assert_allclose(learned.item_vectors(), plain.item_vectors(), rtol=1e-6)
+    # The loss reaches the rank weights (through history, targets and negatives alike) ...
+    hist = paddle.to_tensor(np.array([[1, 2, 0, 0, 0], [4, 5, 3, 0, 0]]))
+    h, t, n = learned._batch_vectors(hist, paddle.to_tensor(np.array([3, 2])), paddle.to_tensor(np.array([1, 5])))
+    (paddle.sum(h * h) + paddle.sum(t) - paddle.sum(n)).backward()
+    g = learned.cooc_rank_w.grad
+    assert g is not None and g.shape == [3] and np.abs(g.numpy()).sum() > 0
+    # ... and what they become is what is searched, encoded and saved: rank r's neighbour is scaled by s_r.
+    s = np.array([2.0, 0.5, -1.0], dtype=np.float32)
+    learned.cooc_rank_w.set_value(paddle.to_tensor(s))
+    ids, w = table
+    emb = learned.item_emb.weight.numpy()
+    expected = (emb[ids] * (w * np.concatenate([[1.0], s]))[..., None]).sum(axis=1)
+    np.testing.assert_allclose(learned.item_vectors(), expected[1:], rtol=1e-5, atol=1e-6)
+    with paddle.no_grad():
+        got = learned.vectors(paddle.to_tensor(np.array([1, 3, 0]))).numpy()
+    np.testing.assert_allclose(got, expected[[1, 3, 0]], rtol=1e-5, atol=1e-6)
+    other = _net(cooc_neighbors=3, cooc_learned=True)
+    other.set_state_dict(learned.state_dict())
+    np.testing.assert_allclose(other.item_vectors(), learned.item_vectors())
+
+
 @pytest.mark.parametrize("neighbours", [0, 2])
 def test_one_batch_lookup_matches_separate_lookups_and_their_gradient(neighbours: int) -> None:
     net = _net(cooc_neighbors=neighbours, sparse_embedding=False)
