@@ -1,5 +1,6 @@
 """Model speed: training samples/s with dense vs sparse embedding gradients on a 368k-item table (and
-sparse with co-occurrence item vectors, the default since 2026-12-06: 20 neighbours per item), and
+sparse with co-occurrence item vectors, the default since 2026-12-06: 40 neighbours per item since
+2026-12-07, 20 before), and
 user-tower latency at batch 1 / 32 / 256 with dygraph vs Paddle Inference (vs Inference + oneDNN).
 
     .venv/bin/python bench/model_speed.py [--items 367982] [--steps 40] [--iters 300]

@@ -115,9 +115,9 @@ class HyperParameters:
     global_interest: bool = False  # MIND: the history's mean vector as one more interest (K + 1)
     # Co-occurrence item vectors (SimEmb): e_i = W_i + the row-normalised mix of its cooc_neighbors most
     # frequent neighbours within cooc_window clicks; 0: off (plain item vectors).
-    cooc_neighbors: int = _non_negative(20)
+    cooc_neighbors: int = _non_negative(40)
     cooc_window: int = _positive(3)
-    cooc_learned: bool = False  # a learned weight per neighbour rank (starts at 1) on the co-occurrence mix
+    cooc_learned: bool = True  # a learned weight per neighbour rank (starts at 1) on the co-occurrence mix
     # Learned weight per position back from the newest behaviour; auto: on for mind (measured better),
     # off for single_vector (measured worse); comirec_sa has position embeddings and ignores it.
     recency: str = _one_of("auto", ("auto", "true", "false"))
