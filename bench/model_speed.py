@@ -1,6 +1,6 @@
 """Model speed: training samples/s with dense vs sparse embedding gradients on a 368k-item table (and
-sparse with co-occurrence item vectors, the default since 2026-12-06: 40 neighbours per item since
-2026-12-07, 20 before), and
+sparse with 20 co-occurrence neighbours per item, the default from 2026-12-06 until 2026-12-07; the
+default is now 40 with learned rank weights, timed end to end by bench/quality.py), and
 user-tower latency at batch 1 / 32 / 256 with dygraph vs Paddle Inference (vs Inference + oneDNN).
 
     .venv/bin/python bench/model_speed.py [--items 367982] [--steps 40] [--iters 300]

@@ -399,12 +399,16 @@ class RecallNetwork(nn.Layer):
         rows, row_inv = np.unique(nbr.reshape(-1), return_inverse=True)
         w = paddle.gather(self.cooc_w, paddle.to_tensor(uniq), axis=0)  # [U, T + 1]
         if self.cfg.cooc_learned:
-            w = w * paddle.concat([paddle.ones([1], dtype=w.dtype), self.cooc_rank_w])
+            w = w * self._rank_scale()
         w = w.unsqueeze(-1)
         base = paddle.gather(self.item_emb(paddle.to_tensor(rows)), paddle.to_tensor(row_inv.reshape(-1)), axis=0)
         d = self.cfg.embedding_dim
         mixed = paddle.sum(base.reshape([-1, nbr.shape[1], d]) * w, axis=1)  # [U, D]
         return paddle.gather(mixed, paddle.to_tensor(inv.reshape(-1)), axis=0).reshape([*ids.shape, d])
+
+    def _rank_scale(self) -> paddle.Tensor:
+        """``cooc_learned``: the scale of each column of the co-occurrence table [T + 1], the item itself 1."""
+        return paddle.concat([paddle.ones([1], dtype=self.cooc_rank_w.dtype), self.cooc_rank_w])
 
     def _batch_vectors(
         self, hist: paddle.Tensor, target: paddle.Tensor, neg_ids: paddle.Tensor
@@ -433,7 +437,7 @@ class RecallNetwork(nn.Layer):
             return table[1:]
         ids, w = self.cooc_ids.numpy(), self.cooc_w.numpy()
         if self.cfg.cooc_learned:
-            w = w * np.concatenate([[1.0], self.cooc_rank_w.numpy()]).astype(np.float32)
+            w = w * self._rank_scale().numpy()
         out = np.empty((self.cfg.item_count - 1, table.shape[1]), dtype=np.float32)
         for lo in range(1, self.cfg.item_count, chunk):
             hi = min(lo + chunk, self.cfg.item_count)

@@ -147,3 +147,13 @@ def test_one_batch_lookup_matches_separate_lookups_and_their_gradient(neighbours
     assert one[0].shape == (2, 5, 4) and one[2].shape == (3, 4)
     np.testing.assert_allclose(g_one, g_three, rtol=1e-5, atol=1e-6)
     assert np.abs(g_one).sum() > 0
+
+
+def test_a_checkpoint_from_before_cooc_learned_loads_and_resumes_as_off() -> None:
+    import dataclasses
+
+    from model.trainer import _checkpoint_net
+
+    net = dataclasses.asdict(NetConfig(item_count=6, cooc_neighbors=3))
+    del net["cooc_learned"]  # what meta.json held before the option existed
+    assert _checkpoint_net({"net": net}) == NetConfig(item_count=6, cooc_neighbors=3, cooc_learned=False)
