@@ -414,7 +414,8 @@ def main() -> None:
     p.add_argument("--models", default="mind,comirec_sa,single_vector")
     p.add_argument("--jobs", type=int, default=1, help="--dataset runs trained side by side (one process each)")
     p.add_argument("--max-epochs", type=int, default=30)
-    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--patience", type=int, default=2,
+                   help="epochs without a better valid Recall@50 before stopping (the per-dataset tables use 2)")
     p.add_argument("--lr-grid", type=_lr_grid, default=[],
                    help="comma-separated learning rates: each model and seed keeps its best on valid")
     p.add_argument("--ablation", action="store_true", help="also MIND with each training option switched")

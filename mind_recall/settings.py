@@ -63,7 +63,7 @@ def _port(default: int) -> Any:
 class Optimizer:
     # YAML key is ``class`` (PaddleRec); ``class`` is reserved in Python.
     class_: str = _one_of("Adam", ("Adam", "SGD", "Adagrad", "AdamW"))
-    learning_rate: float = _positive(0.002)
+    learning_rate: float = _positive(0.001)
 
 
 @dataclass(frozen=True)
